@@ -1,0 +1,187 @@
+/*
+ * fuse4fs: an ext2/3/4 server for FUSE.  Internal interfaces shared by the
+ * files of the server; each file owns one concern (see Makefile.am).
+ */
+#ifndef FUSE4FS_H
+#define FUSE4FS_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <ext2fs/ext2_fs.h>
+#include <ext2fs/ext2fs.h>
+
+#include "fuse_engine.h"
+
+#define F4_PROGNAME "fuse4fs"
+
+/* What the user asked for on the command line. */
+struct f4_options {
+	const char *device;	/* image file or block device */
+	const char *mountpoint;
+	char *mount_opts;	/* passed through to the kernel mount */
+	char *fsname;
+	char *subtype;
+	uint64_t offset;	/* byte offset of the filesystem in the device */
+	unsigned int threads;
+	bool ro;
+	bool rw_requested;
+	bool norecovery;
+	bool acl;
+	bool foreground;
+	bool debug;
+};
+
+/* The mounted filesystem. */
+struct f4fs {
+	/*
+	 * libext2fs is not thread safe: every call into it, and every use of
+	 * the ext2_filsys, happens under this lock.  File data moves outside
+	 * it, through devfd.
+	 */
+	pthread_mutex_t lock;
+	ext2_filsys fs;
+	int devfd;		/* data I/O on the device, at opts.offset */
+	unsigned int blocksize;
+	unsigned int blockbits;
+	bool ro;
+	bool acl;
+	double entry_timeout;	/* seconds */
+	double attr_timeout;
+	struct f4_options opts;
+	struct fe_session *se;
+};
+
+/* An open file or directory (the fh of OPEN/OPENDIR). */
+struct f4_file {
+	ext2_ino_t ino;
+	uint32_t flags;		/* open(2) flags */
+};
+
+static inline void f4_lock(struct f4fs *f4)
+{
+	pthread_mutex_lock(&f4->lock);
+}
+
+static inline void f4_unlock(struct f4fs *f4)
+{
+	pthread_mutex_unlock(&f4->lock);
+}
+
+/* errno.c: the one translation from libext2fs error codes to errno. */
+int f4_errno(errcode_t err);
+
+/* options.c */
+int f4_parse_options(int argc, char **argv, struct f4_options *opts);
+void f4_usage(FILE *out);
+void f4_free_options(struct f4_options *opts);
+
+/* super.c: opening, checking and describing the filesystem. */
+int f4_open_fs(struct f4fs *f4);
+void f4_close_fs(struct f4fs *f4);
+void f4_statfs(struct fe_req *req, uint64_t nodeid);
+
+/* inode.c: node ids, inode reading and attributes. */
+static inline ext2_ino_t f4_nodeid_to_ino(uint64_t nodeid)
+{
+	return nodeid == FUSE_ROOT_ID ? EXT2_ROOT_INO : (ext2_ino_t)nodeid;
+}
+
+static inline uint64_t f4_ino_to_nodeid(ext2_ino_t ino)
+{
+	return ino == EXT2_ROOT_INO ? FUSE_ROOT_ID : ino;
+}
+
+int f4_check_nodeid(struct f4fs *f4, uint64_t nodeid, ext2_ino_t *ino);
+int f4_read_inode(struct f4fs *f4, ext2_ino_t ino,
+		  struct ext2_inode_large *inode);
+int f4_iget(struct f4fs *f4, uint64_t nodeid, ext2_ino_t *ino,
+	    struct ext2_inode_large *inode);
+uint64_t f4_inode_size(const struct ext2_inode_large *inode);
+void f4_fill_attr(struct f4fs *f4, ext2_ino_t ino,
+		  const struct ext2_inode_large *inode, struct fuse_attr *attr);
+void f4_fill_entry(struct f4fs *f4, ext2_ino_t ino,
+		   const struct ext2_inode_large *inode,
+		   struct fuse_entry_out *entry);
+uint32_t f4_dirent_type(unsigned int ext2_file_type);
+uint32_t f4_mode_to_dtype(uint16_t mode);
+void f4_getattr(struct fe_req *req, uint64_t nodeid,
+		const struct fuse_getattr_in *arg);
+void f4_statx(struct fe_req *req, uint64_t nodeid,
+	      const struct fuse_statx_in *arg);
+void f4_access(struct fe_req *req, uint64_t nodeid,
+	       const struct fuse_access_in *arg);
+
+/* dir.c: directory blocks, listing and name lookup. */
+typedef int (*f4_dirent_fn)(void *priv, ext2_ino_t ino, const char *name,
+			    unsigned int namelen, unsigned int ftype,
+			    uint64_t next_pos);
+int f4_dir_iterate(struct f4fs *f4, ext2_ino_t dir,
+		   const struct ext2_inode_large *inode, uint64_t pos,
+		   f4_dirent_fn fn, void *priv);
+int f4_dir_lookup(struct f4fs *f4, ext2_ino_t dir,
+		  const struct ext2_inode_large *inode, const char *name,
+		  size_t namelen, ext2_ino_t *found);
+void f4_opendir(struct fe_req *req, uint64_t nodeid,
+		const struct fuse_open_in *arg);
+void f4_readdir(struct fe_req *req, uint64_t nodeid,
+		const struct fuse_read_in *arg);
+void f4_readdirplus(struct fe_req *req, uint64_t nodeid,
+		    const struct fuse_read_in *arg);
+void f4_releasedir(struct fe_req *req, uint64_t nodeid,
+		   const struct fuse_release_in *arg);
+
+/* namei.c */
+void f4_lookup(struct fe_req *req, uint64_t parent, const char *name);
+
+/* mapping.c: the mapping engine.  Ranges are in filesystem blocks. */
+enum f4_map_type {
+	F4_MAP_HOLE,
+	F4_MAP_MAPPED,
+	F4_MAP_UNWRITTEN,
+	F4_MAP_INLINE,
+};
+
+struct f4_map {
+	uint64_t lblk;		/* first file block described */
+	uint64_t len;		/* number of blocks, >= 1 */
+	uint64_t pblk;		/* first device block (MAPPED/UNWRITTEN) */
+	enum f4_map_type type;
+};
+
+#define F4_MAP_READ	0u	/* look up only */
+
+int f4_map_begin(struct f4fs *f4, ext2_ino_t ino,
+		 struct ext2_inode_large *inode, uint64_t lblk,
+		 uint64_t maxlen, unsigned int flags, struct f4_map *map);
+
+/* file.c */
+void f4_open(struct fe_req *req, uint64_t nodeid,
+	     const struct fuse_open_in *arg);
+void f4_read(struct fe_req *req, uint64_t nodeid,
+	     const struct fuse_read_in *arg);
+void f4_release(struct fe_req *req, uint64_t nodeid,
+		const struct fuse_release_in *arg);
+void f4_lseek(struct fe_req *req, uint64_t nodeid,
+	      const struct fuse_lseek_in *arg);
+int f4_read_inline(struct f4fs *f4, ext2_ino_t ino,
+		   struct ext2_inode_large *inode, void **buf, size_t *size);
+
+/* symlink.c */
+void f4_readlink(struct fe_req *req, uint64_t nodeid);
+
+/* xattr.c */
+void f4_getxattr(struct fe_req *req, uint64_t nodeid, const char *name,
+		 uint32_t size);
+void f4_listxattr(struct fe_req *req, uint64_t nodeid, uint32_t size);
+
+/* ops.c */
+extern const struct fe_ops f4_ops;
+
+/* Logging: messages for the user go to stderr with the program name. */
+void f4_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif /* FUSE4FS_H */

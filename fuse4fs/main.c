@@ -1,0 +1,199 @@
+/*
+ * fuse4fs: mount an ext2/3/4 filesystem through FUSE.
+ *
+ * libfuse does the mounting (fusermount3 for unprivileged users, /dev/fd/N
+ * for inherited channels); the protocol engine in lib/ serves the channel,
+ * because libfuse 3.14 speaks neither iomap nor io_uring nor passthrough.
+ */
+#include "config.h"
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#define FUSE_USE_VERSION 34
+#include <fuse_lowlevel.h>
+
+#include "fuse4fs.h"
+
+/* mount(8) conventions */
+#define F4_EXIT_USAGE	1
+#define F4_EXIT_MOUNT	32
+
+static bool f4_use_syslog;
+
+void f4_log(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (f4_use_syslog) {
+		vsyslog(LOG_ERR, fmt, ap);
+	} else {
+		fputs(F4_PROGNAME ": ", stderr);
+		vfprintf(stderr, fmt, ap);
+		fputc('\n', stderr);
+	}
+	va_end(ap);
+}
+
+static const char *f4_default_subtype(const char *argv0)
+{
+	const char *base = strrchr(argv0, '/');
+
+	base = base ? base + 1 : argv0;
+	if (!strcmp(base, "ext2") || !strcmp(base, "ext3") ||
+	    !strcmp(base, "ext4"))
+		return base;
+	return F4_PROGNAME;
+}
+
+/* The options for the kernel mount: ours first, then the user's. */
+static char *f4_mount_options(const struct f4_options *opts,
+			      const char *argv0)
+{
+	char *mo = NULL, *kv = NULL;
+
+	if (asprintf(&kv, "fsname=%s", opts->fsname ? opts->fsname :
+		     opts->device) < 0)
+		return NULL;
+	if (fuse_opt_add_opt_escaped(&mo, kv) == -1)
+		goto fail;
+	free(kv);
+	if (asprintf(&kv, "subtype=%s", opts->subtype ? opts->subtype :
+		     f4_default_subtype(argv0)) < 0) {
+		kv = NULL;
+		goto fail;
+	}
+	if (fuse_opt_add_opt_escaped(&mo, kv) == -1)
+		goto fail;
+	free(kv);
+	kv = NULL;
+	/* The kernel checks permissions (and, with FUSE_POSIX_ACL, ACLs)
+	 * exactly as it does for its own ext4. */
+	if (fuse_opt_add_opt(&mo, "default_permissions") == -1)
+		goto fail;
+	if (opts->ro && fuse_opt_add_opt(&mo, "ro") == -1)
+		goto fail;
+	if (opts->mount_opts && fuse_opt_add_opt(&mo, opts->mount_opts) == -1)
+		goto fail;
+	return mo;
+fail:
+	free(kv);
+	free(mo);
+	return NULL;
+}
+
+struct f4_sigwait {
+	sigset_t set;
+	struct fe_session *se;
+};
+
+static void *f4_signal_thread(void *arg)
+{
+	struct f4_sigwait *sw = arg;
+	int sig;
+
+	while (sigwait(&sw->set, &sig) == 0) {
+		if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
+			fe_session_stop(sw->se);
+			break;
+		}
+	}
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct fuse_lowlevel_ops no_ops;
+	struct f4fs f4 = { .devfd = -1 };
+	struct fuse_args fargs = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_session *fuse = NULL;
+	struct fe_config cfg = { 0 };
+	struct f4_sigwait sw;
+	pthread_t sigthread;
+	bool sigthread_started = false;
+	char *mo = NULL;
+	int exitcode = F4_EXIT_MOUNT;
+	int ret;
+
+	ret = f4_parse_options(argc, argv, &f4.opts);
+	if (ret)
+		return ret < 0 ? F4_EXIT_USAGE : 0;
+	pthread_mutex_init(&f4.lock, NULL);
+
+	if (f4_open_fs(&f4))
+		goto out;
+
+	mo = f4_mount_options(&f4.opts, argv[0]);
+	if (!mo || fuse_opt_add_arg(&fargs, argv[0]) == -1 ||
+	    fuse_opt_add_arg(&fargs, "-o") == -1 ||
+	    fuse_opt_add_arg(&fargs, mo) == -1) {
+		f4_log("out of memory");
+		goto out;
+	}
+	fuse = fuse_session_new(&fargs, &no_ops, sizeof(no_ops), NULL);
+	if (!fuse) {
+		f4_log("invalid mount options: %s", mo);
+		exitcode = F4_EXIT_USAGE;
+		goto out;
+	}
+	if (fuse_session_mount(fuse, f4.opts.mountpoint) != 0) {
+		f4_log("cannot mount on %s", f4.opts.mountpoint);
+		fuse_session_destroy(fuse);
+		fuse = NULL;
+		goto out;
+	}
+
+	cfg.nthreads = f4.opts.threads;
+	cfg.debug = f4.opts.debug;
+	f4.se = fe_session_new(&f4_ops, &f4, &cfg);
+	if (!f4.se) {
+		f4_log("out of memory");
+		goto out_unmount;
+	}
+
+	/* Threads do not survive the fork, so daemonize before any start. */
+	if (!f4.opts.foreground) {
+		if (fuse_daemonize(0) != 0)
+			goto out_unmount;
+		f4_use_syslog = true;
+		openlog(F4_PROGNAME, LOG_PID, LOG_DAEMON);
+	}
+
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&sw.set);
+	sigaddset(&sw.set, SIGINT);
+	sigaddset(&sw.set, SIGTERM);
+	sigaddset(&sw.set, SIGHUP);
+	sw.se = f4.se;
+	pthread_sigmask(SIG_BLOCK, &sw.set, NULL);
+	if (pthread_create(&sigthread, NULL, f4_signal_thread, &sw) == 0)
+		sigthread_started = true;
+
+	ret = fe_session_serve(f4.se, fuse_session_fd(fuse));
+	if (ret < 0)
+		f4_log("serving %s failed: %s", f4.opts.mountpoint,
+		       strerror(-ret));
+	exitcode = ret < 0 ? 1 : 0;
+
+	if (sigthread_started) {
+		pthread_cancel(sigthread);
+		pthread_join(sigthread, NULL);
+	}
+out_unmount:
+	fuse_session_unmount(fuse);
+	fuse_session_destroy(fuse);
+out:
+	if (f4.se)
+		fe_session_free(f4.se);
+	f4_close_fs(&f4);
+	free(mo);
+	fuse_opt_free_args(&fargs);
+	f4_free_options(&f4.opts);
+	pthread_mutex_destroy(&f4.lock);
+	return exitcode;
+}

@@ -1,0 +1,235 @@
+/*
+ * Opening the filesystem, checking that it can be served, and describing
+ * it (STATFS).
+ */
+#include "config.h"
+
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <et/com_err.h>
+
+#include "fuse4fs.h"
+
+/* Features whose on-disk meaning we cannot serve correctly. */
+static int f4_check_features(struct f4fs *f4)
+{
+	struct ext2_super_block *sb = f4->fs->super;
+	const char *dev = f4->opts.device;
+
+	if (ext2fs_has_feature_journal_dev(sb)) {
+		f4_log("%s is an external journal, not a filesystem", dev);
+		return EINVAL;
+	}
+	if (ext2fs_has_feature_encrypt(sb)) {
+		f4_log("%s: encrypted filesystems are not supported", dev);
+		return EOPNOTSUPP;
+	}
+	if (ext2fs_has_feature_casefold(sb)) {
+		f4_log("%s: case-insensitive (casefold) filesystems are not supported",
+		       dev);
+		return EOPNOTSUPP;
+	}
+	return 0;
+}
+
+/* Say what a read-only mount shows of a filesystem that needs attention. */
+static void f4_report_state(struct f4fs *f4)
+{
+	struct ext2_super_block *sb = f4->fs->super;
+	const char *dev = f4->opts.device;
+
+	if (ext2fs_has_feature_journal_needs_recovery(sb))
+		f4_log("%s: the journal needs recovery; serving the filesystem as "
+		       "it is on disk, without the journal's changes (replay it "
+		       "with 'e2fsck -E journal_only %s')", dev, dev);
+	if (sb->s_state & EXT2_ERROR_FS)
+		f4_log("%s: the filesystem has recorded errors; run 'e2fsck -f %s'",
+		       dev, dev);
+	else if (!(sb->s_state & EXT2_VALID_FS))
+		f4_log("%s: the filesystem was not cleanly unmounted; running "
+		       "'e2fsck -f %s' is recommended", dev, dev);
+}
+
+int f4_open_fs(struct f4fs *f4)
+{
+	struct ext2_inode_large root;
+	const char *dev = f4->opts.device;
+	char io_options[64] = "";
+	struct stat st;
+	errcode_t err;
+	int flags = EXT2_FLAG_64BITS;
+	int ret;
+
+	if (!f4->opts.ro) {
+		f4_log("read-write mounts are not supported by this version; "
+		       "mount with -o ro");
+		return EROFS;
+	}
+	f4->ro = true;
+
+	f4->devfd = open(dev, O_RDONLY | O_CLOEXEC);
+	if (f4->devfd < 0) {
+		ret = errno;
+		f4_log("cannot open %s: %s", dev, strerror(ret));
+		return ret;
+	}
+	if (fstat(f4->devfd, &st) < 0) {
+		ret = errno;
+		f4_log("cannot stat %s: %s", dev, strerror(ret));
+		goto out_close;
+	}
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+		f4_log("%s is neither a regular file nor a block device", dev);
+		ret = EINVAL;
+		goto out_close;
+	}
+
+	if (f4->opts.offset)
+		snprintf(io_options, sizeof(io_options), "offset=%llu",
+			 (unsigned long long)f4->opts.offset);
+	err = ext2fs_open2(dev, io_options, flags, 0, 0, unix_io_manager,
+			   &f4->fs);
+	if (err) {
+		f4_log("cannot open the filesystem on %s: %s", dev,
+		       error_message(err));
+		ret = f4_errno(err);
+		f4->fs = NULL;
+		goto out_close;
+	}
+	f4->blocksize = f4->fs->blocksize;
+	f4->blockbits = 10 + f4->fs->super->s_log_block_size;
+
+	ret = f4_check_features(f4);
+	if (ret)
+		goto out_fs;
+
+	ret = f4_read_inode(f4, EXT2_ROOT_INO, &root);
+	if (ret == 0 && !LINUX_S_ISDIR(root.i_mode))
+		ret = EUCLEAN;
+	if (ret) {
+		f4_log("%s: the root directory cannot be read: %s", dev,
+		       strerror(ret));
+		goto out_fs;
+	}
+	f4_report_state(f4);
+	f4->acl = f4->opts.acl && ext2fs_has_feature_xattr(f4->fs->super);
+	/* Nothing changes on a read-only mount, so the kernel may keep
+	 * names and attributes for as long as it likes. */
+	f4->entry_timeout = 86400.0;
+	f4->attr_timeout = 86400.0;
+	return 0;
+
+out_fs:
+	ext2fs_close_free(&f4->fs);
+out_close:
+	close(f4->devfd);
+	f4->devfd = -1;
+	return ret;
+}
+
+void f4_close_fs(struct f4fs *f4)
+{
+	if (f4->fs) {
+		errcode_t err = ext2fs_close_free(&f4->fs);
+
+		if (err)
+			f4_log("%s: closing the filesystem failed: %s",
+			       f4->opts.device, error_message(err));
+	}
+	if (f4->devfd >= 0)
+		close(f4->devfd);
+	f4->devfd = -1;
+}
+
+/* Superblock, descriptor and reserved descriptor blocks of a group,
+ * counted the way ext4 counts them. */
+static blk64_t f4_group_base_meta(ext2_filsys fs, dgrp_t group)
+{
+	struct ext2_super_block *sb = fs->super;
+	dgrp_t per_block = EXT2_DESC_PER_BLOCK(sb);
+	dgrp_t metagroup = group / per_block;
+	blk64_t n = ext2fs_bg_has_super(fs, group);
+
+	if (!ext2fs_has_feature_meta_bg(sb) || metagroup < sb->s_first_meta_bg) {
+		if (n)
+			n += (ext2fs_has_feature_meta_bg(sb) ?
+			      sb->s_first_meta_bg : fs->desc_blocks) +
+				sb->s_reserved_gdt_blocks;
+		return n;
+	}
+	group -= metagroup * per_block;
+	return n + (group == 0 || group == 1 || group == per_block - 1);
+}
+
+/*
+ * Blocks used by the filesystem's own structures, as the kernel's
+ * ext4_calculate_overhead() counts them, so that df shows the same numbers
+ * on both drivers.
+ */
+static blk64_t f4_overhead(struct f4fs *f4)
+{
+	ext2_filsys fs = f4->fs;
+	struct ext2_super_block *sb = fs->super;
+	blk64_t overhead;
+	dgrp_t g;
+
+	if (ext2fs_has_feature_bigalloc(sb) && sb->s_overhead_clusters &&
+	    sb->s_overhead_clusters <= ext2fs_blocks_count(sb))
+		return EXT2FS_C2B(fs, sb->s_overhead_clusters);
+
+	overhead = sb->s_first_data_block;
+	for (g = 0; g < fs->group_desc_count; g++)
+		overhead += f4_group_base_meta(fs, g) +
+			fs->inode_blocks_per_group + 2;
+	if (ext2fs_has_feature_journal(sb) && sb->s_journal_inum) {
+		struct ext2_inode_large j;
+
+		if (f4_read_inode(f4, sb->s_journal_inum, &j) == 0)
+			overhead += f4_inode_size(&j) >> f4->blockbits;
+	}
+	return overhead;
+}
+
+void f4_statfs(struct fe_req *req, uint64_t nodeid)
+{
+	struct f4fs *f4 = fe_req_fs(req);
+	struct ext2_super_block *sb;
+	struct fuse_kstatfs st;
+	blk64_t total, overhead, free_blocks = 0, reserved, resv = 0;
+	uint64_t free_inodes = 0;
+	dgrp_t g;
+
+	(void)nodeid;
+	memset(&st, 0, sizeof(st));
+	f4_lock(f4);
+	sb = f4->fs->super;
+	total = ext2fs_blocks_count(sb);
+	overhead = f4_overhead(f4);
+	for (g = 0; g < f4->fs->group_desc_count; g++) {
+		free_blocks += ext2fs_bg_free_blocks_count(f4->fs, g);
+		free_inodes += ext2fs_bg_free_inodes_count(f4->fs, g);
+	}
+	free_blocks = EXT2FS_C2B(f4->fs, free_blocks);
+	/* ext4 keeps 2% (at most 4096 clusters) back for extent-tree work on
+	 * extent filesystems, on top of the root-reserved blocks. */
+	if (ext2fs_has_feature_extents(sb)) {
+		resv = (total >> (sb->s_log_cluster_size - sb->s_log_block_size)) / 50;
+		if (resv > 4096)
+			resv = 4096;
+		resv = EXT2FS_C2B(f4->fs, resv);
+	}
+	reserved = ext2fs_r_blocks_count(sb) + resv;
+	st.blocks = overhead < total ? total - overhead : 0;
+	st.bfree = free_blocks;
+	st.bavail = free_blocks > reserved ? free_blocks - reserved : 0;
+	st.files = sb->s_inodes_count;
+	st.ffree = free_inodes;
+	f4_unlock(f4);
+	st.bsize = f4->blocksize;
+	st.frsize = f4->blocksize;
+	st.namelen = EXT2_NAME_LEN;
+	fe_reply_statfs(req, &st);
+}

@@ -1,0 +1,219 @@
+/*
+ * The FUSE protocol engine: reads requests from a FUSE channel, checks
+ * every request's length against its opcode, negotiates INIT, dispatches
+ * to a filesystem's operation table and builds replies.
+ *
+ * The engine knows nothing about any particular filesystem.  Operations
+ * receive the request's fixed argument struct (already length-checked) and
+ * any trailing names (already checked to be NUL-terminated inside the
+ * request).  Every operation must answer its request exactly once with one
+ * of the fe_reply_*() calls, except forget, which never replies.
+ *
+ * Node ids are passed through untranslated; the root is FUSE_ROOT_ID (1).
+ */
+#ifndef FUSE_ENGINE_H
+#define FUSE_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "fuse_abi.h"
+
+struct fe_session;
+
+/* One request in flight.  Valid until the operation replies. */
+struct fe_req {
+	struct fe_session *se;
+	uint64_t unique;
+	uint64_t nodeid;
+	uint32_t opcode;
+	uint32_t uid;
+	uint32_t gid;
+	uint32_t pid;
+	int fd;			/* channel the reply goes to */
+	volatile int interrupted;	/* set when the kernel sent INTERRUPT */
+	/* Supplementary groups sent with create-type ops, if negotiated. */
+	uint32_t ngroups;
+	const uint32_t *groups;
+};
+
+/*
+ * Connection parameters.  The engine fills in what the kernel offered and
+ * the defaults; the filesystem's init() sets `want` (the INIT flag bits it
+ * would like, flags2 shifted into bits 32..63) and may lower the limits.
+ * After init() the engine replies with (want & kernel_flags) and stores the
+ * result in `flags`.
+ */
+struct fe_conn {
+	uint32_t kernel_major;
+	uint32_t kernel_minor;
+	uint32_t major;		/* agreed */
+	uint32_t minor;		/* agreed: min(kernel, engine maximum) */
+	uint64_t kernel_flags;	/* offered: flags | flags2 << 32 */
+	uint64_t want;		/* set by the filesystem */
+	uint64_t flags;		/* agreed */
+	uint32_t max_readahead;
+	uint32_t max_write;	/* default 1 MiB */
+	uint16_t max_pages;	/* default max_write / page size */
+	uint16_t max_background;
+	uint16_t congestion_threshold;
+	uint32_t time_gran;	/* nanoseconds, default 1 */
+};
+
+/*
+ * Operation table.  A NULL entry answers ENOSYS.  Arguments are pointers
+ * into the request buffer and valid until the reply.
+ */
+struct fe_ops {
+	void (*init)(void *fs, struct fe_conn *conn);
+	/* Called once when DESTROY arrives (before it is answered) or when the
+	 * channel closes without one. */
+	void (*destroy)(void *fs);
+
+	void (*lookup)(struct fe_req *req, uint64_t parent, const char *name);
+	void (*forget)(void *fs, uint64_t nodeid, uint64_t nlookup);
+	void (*getattr)(struct fe_req *req, uint64_t nodeid,
+			const struct fuse_getattr_in *arg);
+	void (*setattr)(struct fe_req *req, uint64_t nodeid,
+			const struct fuse_setattr_in *arg);
+	void (*readlink)(struct fe_req *req, uint64_t nodeid);
+	void (*symlink)(struct fe_req *req, uint64_t parent, const char *name,
+			const char *target);
+	void (*mknod)(struct fe_req *req, uint64_t parent, const char *name,
+		      const struct fuse_mknod_in *arg);
+	void (*mkdir)(struct fe_req *req, uint64_t parent, const char *name,
+		      const struct fuse_mkdir_in *arg);
+	void (*unlink)(struct fe_req *req, uint64_t parent, const char *name);
+	void (*rmdir)(struct fe_req *req, uint64_t parent, const char *name);
+	/* RENAME arrives here with flags 0. */
+	void (*rename)(struct fe_req *req, uint64_t parent, const char *name,
+		       uint64_t newparent, const char *newname, uint32_t flags);
+	void (*link)(struct fe_req *req, uint64_t oldnodeid, uint64_t newparent,
+		     const char *newname);
+	void (*open)(struct fe_req *req, uint64_t nodeid,
+		     const struct fuse_open_in *arg);
+	void (*read)(struct fe_req *req, uint64_t nodeid,
+		     const struct fuse_read_in *arg);
+	/* `data` holds arg->size bytes (checked against the request length). */
+	void (*write)(struct fe_req *req, uint64_t nodeid,
+		      const struct fuse_write_in *arg, const void *data);
+	void (*statfs)(struct fe_req *req, uint64_t nodeid);
+	void (*release)(struct fe_req *req, uint64_t nodeid,
+			const struct fuse_release_in *arg);
+	void (*fsync)(struct fe_req *req, uint64_t nodeid,
+		      const struct fuse_fsync_in *arg);
+	/* `flags` is 0 when SETXATTR_EXT was not negotiated. */
+	void (*setxattr)(struct fe_req *req, uint64_t nodeid, const char *name,
+			 const void *value, uint32_t size, uint32_t flags,
+			 uint32_t setxattr_flags);
+	void (*getxattr)(struct fe_req *req, uint64_t nodeid, const char *name,
+			 uint32_t size);
+	void (*listxattr)(struct fe_req *req, uint64_t nodeid, uint32_t size);
+	void (*removexattr)(struct fe_req *req, uint64_t nodeid,
+			    const char *name);
+	void (*flush)(struct fe_req *req, uint64_t nodeid,
+		      const struct fuse_flush_in *arg);
+	void (*opendir)(struct fe_req *req, uint64_t nodeid,
+			const struct fuse_open_in *arg);
+	void (*readdir)(struct fe_req *req, uint64_t nodeid,
+			const struct fuse_read_in *arg);
+	void (*readdirplus)(struct fe_req *req, uint64_t nodeid,
+			    const struct fuse_read_in *arg);
+	void (*releasedir)(struct fe_req *req, uint64_t nodeid,
+			   const struct fuse_release_in *arg);
+	void (*fsyncdir)(struct fe_req *req, uint64_t nodeid,
+			 const struct fuse_fsync_in *arg);
+	void (*access)(struct fe_req *req, uint64_t nodeid,
+		       const struct fuse_access_in *arg);
+	void (*create)(struct fe_req *req, uint64_t parent, const char *name,
+		       const struct fuse_create_in *arg);
+	void (*tmpfile)(struct fe_req *req, uint64_t parent,
+			const struct fuse_create_in *arg);
+	void (*fallocate)(struct fe_req *req, uint64_t nodeid,
+			  const struct fuse_fallocate_in *arg);
+	void (*lseek)(struct fe_req *req, uint64_t nodeid,
+		      const struct fuse_lseek_in *arg);
+	void (*copy_file_range)(struct fe_req *req, uint64_t nodeid,
+				const struct fuse_copy_file_range_in *arg);
+	void (*syncfs)(struct fe_req *req, uint64_t nodeid);
+	void (*statx)(struct fe_req *req, uint64_t nodeid,
+		      const struct fuse_statx_in *arg);
+	void (*ioctl)(struct fe_req *req, uint64_t nodeid,
+		      const struct fuse_ioctl_in *arg, const void *in_data);
+	void (*bmap)(struct fe_req *req, uint64_t nodeid,
+		     const struct fuse_bmap_in *arg);
+};
+
+struct fe_config {
+	unsigned int nthreads;	/* worker threads; 0 means 1 */
+	bool debug;		/* trace every request and reply to stderr */
+	size_t max_write;	/* 0 means 1 MiB */
+};
+
+struct fe_session *fe_session_new(const struct fe_ops *ops, void *fs,
+				  const struct fe_config *cfg);
+void fe_session_free(struct fe_session *se);
+
+/*
+ * Serve the channel `fd` (an open /dev/fuse, or a SOCK_SEQPACKET socket
+ * standing in for one) until the connection ends: the filesystem is
+ * unmounted (ENODEV), the peer closes the channel, DESTROY was answered, or
+ * fe_session_stop() was called.  Each extra worker thread reads its own
+ * clone of the channel (FUSE_DEV_IOC_CLONE) where the channel supports it,
+ * and shares `fd` otherwise.  Returns 0 or a negative errno.
+ */
+int fe_session_serve(struct fe_session *se, int fd);
+
+/* Ask the workers to finish their current request and return.  Safe to call
+ * from any thread (not from a signal handler). */
+void fe_session_stop(struct fe_session *se);
+
+/* True once INIT was answered; the agreed parameters. */
+const struct fe_conn *fe_session_conn(const struct fe_session *se);
+void *fe_req_fs(const struct fe_req *req);
+
+/* Replies.  `err` is a positive errno; each returns 0 or a negative errno
+ * from writing the reply (which the operation may ignore). */
+int fe_reply_err(struct fe_req *req, int err);
+int fe_reply_ok(struct fe_req *req);	/* header only, no error */
+int fe_reply_buf(struct fe_req *req, const void *buf, size_t len);
+int fe_reply_iov(struct fe_req *req, const struct iovec *iov, int iovcnt);
+int fe_reply_entry(struct fe_req *req, const struct fuse_entry_out *e);
+int fe_reply_create(struct fe_req *req, const struct fuse_entry_out *e,
+		    const struct fuse_open_out *o);
+int fe_reply_attr(struct fe_req *req, const struct fuse_attr_out *a);
+int fe_reply_open(struct fe_req *req, const struct fuse_open_out *o);
+int fe_reply_write(struct fe_req *req, uint32_t count);
+int fe_reply_statfs(struct fe_req *req, const struct fuse_kstatfs *st);
+int fe_reply_xattr_size(struct fe_req *req, uint32_t size);
+int fe_reply_lseek(struct fe_req *req, uint64_t offset);
+int fe_reply_statx(struct fe_req *req, const struct fuse_statx_out *sx);
+int fe_reply_bmap(struct fe_req *req, uint64_t block);
+
+/*
+ * Directory listing helpers.  Append one record to buf (of `size` bytes,
+ * `used` already filled) and return the new `used`, or `used` unchanged if
+ * the record does not fit.  `off` is the cookie of the *next* entry.
+ */
+size_t fe_add_dirent(char *buf, size_t size, size_t used, const char *name,
+		     size_t namelen, uint64_t ino, uint32_t type, uint64_t off);
+size_t fe_add_direntplus(char *buf, size_t size, size_t used,
+			 const char *name, size_t namelen,
+			 const struct fuse_entry_out *e, uint32_t type,
+			 uint64_t off);
+
+/* Notifications to the kernel.  Return 0 or a negative errno. */
+int fe_notify_inval_inode(struct fe_session *se, uint64_t nodeid,
+			  int64_t off, int64_t len);
+int fe_notify_inval_entry(struct fe_session *se, uint64_t parent,
+			  const char *name, size_t namelen);
+int fe_notify_delete(struct fe_session *se, uint64_t parent, uint64_t child,
+		     const char *name, size_t namelen);
+
+/* Name of an opcode for traces ("LOOKUP", "IOMAP_BEGIN", ...). */
+const char *fe_opcode_name(uint32_t opcode);
+
+#endif /* FUSE_ENGINE_H */
