@@ -521,3 +521,181 @@ void f4_readdirplus(struct fe_req *req, uint64_t nodeid,
 {
 	f4_do_readdir(req, nodeid, arg, true);
 }
+
+/* ---- changing directories ---- */
+
+static int f4_ext2_file_type(uint16_t mode)
+{
+	switch (mode & LINUX_S_IFMT) {
+	case LINUX_S_IFREG:	return EXT2_FT_REG_FILE;
+	case LINUX_S_IFDIR:	return EXT2_FT_DIR;
+	case LINUX_S_IFCHR:	return EXT2_FT_CHRDEV;
+	case LINUX_S_IFBLK:	return EXT2_FT_BLKDEV;
+	case LINUX_S_IFIFO:	return EXT2_FT_FIFO;
+	case LINUX_S_IFSOCK:	return EXT2_FT_SOCK;
+	case LINUX_S_IFLNK:	return EXT2_FT_SYMLINK;
+	}
+	return EXT2_FT_UNKNOWN;
+}
+
+/* Add an entry, growing the directory by a block when it is full. */
+int f4_dir_add(struct f4fs *f4, ext2_ino_t dir, const char *name,
+	       ext2_ino_t ino, uint16_t mode)
+{
+	int ftype = f4_ext2_file_type(mode);
+	struct ext2_inode_large inode;
+	errcode_t err;
+	int ret;
+
+	err = ext2fs_link(f4->fs, dir, name, ino, ftype);
+	if (err != EXT2_ET_DIR_NO_SPACE)
+		return f4_errno(err);
+	/* An indexed directory grows through its index; a full index means
+	 * the directory cannot take more names. */
+	ret = f4_read_inode(f4, dir, &inode);
+	if (ret)
+		return ret;
+	if (inode.i_flags & EXT2_INDEX_FL)
+		return ENOSPC;
+	err = ext2fs_expand_dir(f4->fs, dir);
+	if (!err)
+		err = ext2fs_link(f4->fs, dir, name, ino, ftype);
+	return f4_errno(err);
+}
+
+int f4_dir_remove(struct f4fs *f4, ext2_ino_t dir, const char *name)
+{
+	errcode_t err = ext2fs_unlink(f4->fs, dir, name, 0, 0);
+
+	/* libext2fs says "no space" when it did not find the name. */
+	if (err == EXT2_ET_DIR_NO_SPACE)
+		return ENOENT;
+	return f4_errno(err);
+}
+
+struct f4_retarget {
+	const char *name;
+	size_t namelen;
+	ext2_ino_t ino;
+	int ftype;
+	bool has_filetype;
+	bool done;
+};
+
+static int f4_retarget_fn(ext2_ino_t dir, int entry,
+			  struct ext2_dir_entry *dirent, int offset,
+			  int blocksize, char *buf, void *priv)
+{
+	struct f4_retarget *r = priv;
+
+	(void)dir;
+	(void)entry;
+	(void)offset;
+	(void)blocksize;
+	(void)buf;
+	if (!dirent->inode ||
+	    (size_t)ext2fs_dirent_name_len(dirent) != r->namelen ||
+	    memcmp(dirent->name, r->name, r->namelen) != 0)
+		return 0;
+	dirent->inode = r->ino;
+	if (r->has_filetype)
+		ext2fs_dirent_set_file_type(dirent, r->ftype);
+	r->done = true;
+	return DIRENT_CHANGED | DIRENT_ABORT;
+}
+
+/* Point an existing entry at another inode, in place: the replacement
+ * of a rename target is a single directory block write. */
+int f4_dir_retarget(struct f4fs *f4, ext2_ino_t dir, const char *name,
+		    ext2_ino_t ino, uint16_t mode)
+{
+	struct f4_retarget r = {
+		.name = name,
+		.namelen = strlen(name),
+		.ino = ino,
+		.ftype = f4_ext2_file_type(mode),
+		.has_filetype = ext2fs_has_feature_filetype(f4->fs->super),
+	};
+	errcode_t err;
+
+	err = ext2fs_dir_iterate2(f4->fs, dir, 0, NULL, f4_retarget_fn, &r);
+	if (err)
+		return f4_errno(err);
+	return r.done ? 0 : ENOENT;
+}
+
+static int f4_nonempty_fn(void *priv, ext2_ino_t ino, const char *name,
+			  unsigned int namelen, unsigned int ftype,
+			  uint64_t next_pos)
+{
+	bool *found = priv;
+
+	(void)ino;
+	(void)ftype;
+	(void)next_pos;
+	if ((namelen == 1 && name[0] == '.') ||
+	    (namelen == 2 && name[0] == '.' && name[1] == '.'))
+		return 0;
+	*found = true;
+	return 1;
+}
+
+/* 0 when the directory holds nothing but "." and "..", else ENOTEMPTY. */
+int f4_dir_is_empty(struct f4fs *f4, ext2_ino_t dir,
+		    const struct ext2_inode_large *inode)
+{
+	bool found = false;
+	int ret;
+
+	ret = f4_dir_iterate(f4, dir, inode, 0, f4_nonempty_fn, &found);
+	if (ret)
+		return ret;
+	return found ? ENOTEMPTY : 0;
+}
+
+/* Give a new directory inode its first block, holding "." and "..". */
+int f4_dir_make(struct f4fs *f4, ext2_ino_t ino,
+		struct ext2_inode_large *inode, ext2_ino_t parent)
+{
+	struct f4_map map;
+	char *block = NULL;
+	errcode_t err;
+	int ret;
+
+	err = ext2fs_new_dir_block(f4->fs, ino, parent, &block);
+	if (err)
+		return f4_errno(err);
+	ret = f4_map_begin(f4, ino, inode, 0, 1, F4_MAP_WRITE, &map);
+	if (ret)
+		goto out;
+	err = ext2fs_write_dir_block4(f4->fs, map.pblk, block, 0, ino);
+	if (err) {
+		ret = f4_errno(err);
+		goto out;
+	}
+	ret = f4_read_inode(f4, ino, inode);
+	if (ret)
+		goto out;
+	ret = f4_errno(ext2fs_inode_size_set(f4->fs, (struct ext2_inode *)inode,
+					     f4->blocksize));
+	if (ret == 0)
+		ret = f4_write_inode(f4, ino, inode);
+out:
+	ext2fs_free_mem(&block);
+	return ret;
+}
+
+void f4_fsyncdir(struct fe_req *req, uint64_t nodeid,
+		 const struct fuse_fsync_in *arg)
+{
+	struct f4fs *f4 = fe_req_fs(req);
+	int ret;
+
+	(void)nodeid;
+	(void)arg;
+	ret = f4->ro ? 0 : f4_flush(f4, true);
+	if (ret)
+		fe_reply_err(req, ret);
+	else
+		fe_reply_ok(req);
+}

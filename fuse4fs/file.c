@@ -46,6 +46,37 @@ int f4_read_inline(struct f4fs *f4, ext2_ino_t ino,
 	return 0;
 }
 
+/*
+ * Open ino for the kernel: take an open reference (which keeps an unlinked
+ * inode alive) and build the file handle.  Caller holds the lock.
+ */
+int f4_open_file(struct f4fs *f4, ext2_ino_t ino, uint32_t flags,
+		 struct f4_file **fhp)
+{
+	struct f4_file *fh;
+
+	fh = calloc(1, sizeof(*fh));
+	if (!fh)
+		return ENOMEM;
+	fh->ip = f4_itable_get(f4, ino);
+	if (!fh->ip) {
+		free(fh);
+		return ENOMEM;
+	}
+	fh->ino = ino;
+	fh->flags = flags;
+	*fhp = fh;
+	return 0;
+}
+
+static void f4_close_file(struct f4fs *f4, struct f4_file *fh)
+{
+	f4_lock(f4);
+	f4_itable_put(f4, fh->ip);
+	f4_unlock(f4);
+	free(fh);
+}
+
 void f4_open(struct fe_req *req, uint64_t nodeid,
 	     const struct fuse_open_in *arg)
 {
@@ -53,48 +84,76 @@ void f4_open(struct fe_req *req, uint64_t nodeid,
 	struct ext2_inode_large inode;
 	struct fuse_open_out out;
 	struct f4_file *fh = NULL;
+	bool writing = (arg->flags & O_ACCMODE) != O_RDONLY ||
+		(arg->flags & O_TRUNC);
 	ext2_ino_t ino;
 	int ret;
 
 	f4_lock(f4);
 	ret = f4_iget(f4, nodeid, &ino, &inode);
-	f4_unlock(f4);
 	if (ret)
 		goto out;
 	if (LINUX_S_ISDIR(inode.i_mode)) {
 		ret = EISDIR;
 		goto out;
 	}
-	if (f4->ro && ((arg->flags & O_ACCMODE) != O_RDONLY ||
-		       (arg->flags & O_TRUNC))) {
+	if (writing && f4->ro) {
 		ret = EROFS;
 		goto out;
 	}
-	fh = calloc(1, sizeof(*fh));
-	if (!fh) {
-		ret = ENOMEM;
+	if (writing && (inode.i_flags & EXT2_IMMUTABLE_FL)) {
+		ret = EPERM;
 		goto out;
 	}
-	fh->ino = ino;
-	fh->flags = arg->flags;
+	if ((inode.i_flags & EXT2_APPEND_FL) &&
+	    (arg->flags & O_ACCMODE) != O_RDONLY &&
+	    (!(arg->flags & O_APPEND) || (arg->flags & O_TRUNC))) {
+		ret = EPERM;
+		goto out;
+	}
+	ret = f4_open_file(f4, ino, arg->flags, &fh);
+	if (ret)
+		goto out;
+	if ((arg->flags & O_TRUNC) && LINUX_S_ISREG(inode.i_mode)) {
+		/* ATOMIC_O_TRUNC: the truncation is ours to do, with the
+		 * times update open(2) makes. */
+		pthread_rwlock_wrlock(&fh->ip->iolock);
+		if (f4_inode_size(&inode) > 0)
+			ret = f4_truncate(f4, ino, &inode, 0);
+		if (ret == 0) {
+			f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
+			ret = f4_write_inode(f4, ino, &inode);
+		}
+		pthread_rwlock_unlock(&fh->ip->iolock);
+		if (ret) {
+			f4_itable_put(f4, fh->ip);
+			free(fh);
+			fh = NULL;
+			goto out;
+		}
+	}
 	memset(&out, 0, sizeof(out));
 	out.fh = (uintptr_t)fh;
-	/* Nothing changes file data behind the kernel's back on a read-only
-	 * mount, so its page cache stays valid across opens. */
-	if (f4->ro)
-		out.open_flags |= FOPEN_KEEP_CACHE;
+	/* Every change to file data comes through this kernel, so its page
+	 * cache stays valid across opens. */
+	out.open_flags |= FOPEN_KEEP_CACHE;
 out:
+	f4_unlock(f4);
 	if (ret)
 		fe_reply_err(req, ret);
 	else if (fe_reply_open(req, &out) < 0)
-		free(fh);
+		f4_close_file(f4, fh);
 }
 
 void f4_release(struct fe_req *req, uint64_t nodeid,
 		const struct fuse_release_in *arg)
 {
+	struct f4fs *f4 = fe_req_fs(req);
+	struct f4_file *fh = (struct f4_file *)(uintptr_t)arg->fh;
+
 	(void)nodeid;
-	free((struct f4_file *)(uintptr_t)arg->fh);
+	if (fh)
+		f4_close_file(f4, fh);
 	fe_reply_ok(req);
 }
 
@@ -191,6 +250,7 @@ void f4_read(struct fe_req *req, uint64_t nodeid,
 	     const struct fuse_read_in *arg)
 {
 	struct f4fs *f4 = fe_req_fs(req);
+	struct f4_file *fh = (struct f4_file *)(uintptr_t)arg->fh;
 	struct ext2_inode_large inode;
 	uint64_t size, len = arg->size;
 	ext2_ino_t ino;
@@ -218,7 +278,11 @@ void f4_read(struct fe_req *req, uint64_t nodeid,
 		ret = ENOMEM;
 		goto out;
 	}
+	if (fh)
+		pthread_rwlock_rdlock(&fh->ip->iolock);
 	ret = f4_read_range(f4, ino, buf, arg->offset, len);
+	if (fh)
+		pthread_rwlock_unlock(&fh->ip->iolock);
 out:
 	if (ret)
 		fe_reply_err(req, ret);
@@ -289,4 +353,455 @@ reply:
 		fe_reply_err(req, ret);
 	else
 		fe_reply_lseek(req, result);
+}
+
+/* ---- writing ---- */
+
+/* Write len bytes at off on the device, all of them. */
+static int f4_pwrite_full(int fd, const void *buf, size_t len, off_t off)
+{
+	const char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = pwrite(fd, p, len, off);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return errno;
+		}
+		if (n == 0)
+			return EIO;
+		p += n;
+		len -= (size_t)n;
+		off += n;
+	}
+	return 0;
+}
+
+static off_t f4_dev_offset(struct f4fs *f4, uint64_t pblk)
+{
+	return (off_t)(f4->opts.offset + (pblk << f4->blockbits));
+}
+
+/*
+ * Zero [start, end) of the file where it is backed by written blocks.
+ * Holes and unwritten extents already read as zeroes.  Caller holds the
+ * lock and the inode's I/O lock exclusively.
+ */
+int f4_zero_range_on_disk(struct f4fs *f4, ext2_ino_t ino,
+			  struct ext2_inode_large *inode, uint64_t start,
+			  uint64_t end)
+{
+	static const char zeroes[65536];
+
+	while (start < end) {
+		uint64_t lblk = start >> f4->blockbits;
+		uint64_t last = (end - 1) >> f4->blockbits;
+		uint64_t inblk = start - (lblk << f4->blockbits);
+		struct f4_map map;
+		uint64_t chunk;
+		int ret;
+
+		ret = f4_map_begin(f4, ino, inode, lblk, last - lblk + 1,
+				   F4_MAP_READ, &map);
+		if (ret)
+			return ret;
+		chunk = (map.len << f4->blockbits) - inblk;
+		if (chunk > end - start)
+			chunk = end - start;
+		if (map.type == F4_MAP_MAPPED) {
+			uint64_t done = 0;
+
+			while (done < chunk) {
+				size_t n = chunk - done < sizeof(zeroes) ?
+					chunk - done : sizeof(zeroes);
+
+				ret = f4_pwrite_full(f4->devfd, zeroes, n,
+					f4_dev_offset(f4, map.pblk) + inblk + done);
+				if (ret)
+					return ret;
+				done += n;
+			}
+		}
+		start += chunk;
+	}
+	return 0;
+}
+
+/*
+ * Move an inline-data file's bytes into a block so that it can grow past
+ * what the inode holds.  Caller holds the lock.
+ */
+static int f4_uninline(struct f4fs *f4, ext2_ino_t ino,
+		       struct ext2_inode_large *inode)
+{
+	struct ext2_xattr_handle *h = NULL;
+	void *data = NULL;
+	size_t size = 0;
+	struct f4_map map;
+	char *block = NULL;
+	errcode_t err;
+	int ret;
+
+	ret = f4_read_inline(f4, ino, inode, &data, &size);
+	if (ret)
+		return ret;
+	err = ext2fs_xattrs_open(f4->fs, ino, &h);
+	if (!err)
+		err = ext2fs_xattrs_read(h);
+	if (!err) {
+		err = ext2fs_xattr_remove(h, "system.data");
+		if (err == EXT2_ET_EA_KEY_NOT_FOUND)
+			err = 0;
+	}
+	if (h)
+		ext2fs_xattrs_close(&h);
+	if (err) {
+		ret = f4_errno(err);
+		goto out;
+	}
+	ret = f4_read_inode(f4, ino, inode);
+	if (ret)
+		goto out;
+	inode->i_flags &= ~EXT4_INLINE_DATA_FL;
+	memset(inode->i_block, 0, sizeof(inode->i_block));
+	if (ext2fs_has_feature_extents(f4->fs->super))
+		f4_init_extent_header(inode);
+	ret = f4_write_inode(f4, ino, inode);
+	if (ret || size == 0)
+		goto out;
+	block = calloc(1, f4->blocksize);
+	if (!block) {
+		ret = ENOMEM;
+		goto out;
+	}
+	memcpy(block, data, size < f4->blocksize ? size : f4->blocksize);
+	ret = f4_map_begin(f4, ino, inode, 0, 1, F4_MAP_WRITE, &map);
+	if (ret == 0)
+		ret = f4_pwrite_full(f4->devfd, block, f4->blocksize,
+				     f4_dev_offset(f4, map.pblk));
+out:
+	free(block);
+	free(data);
+	return ret;
+}
+
+/*
+ * Write one mapped run.  Blocks that are fresh or unwritten get zeroes
+ * around the data so that no stale device contents become readable.
+ */
+static int f4_write_run(struct f4fs *f4, const struct f4_map *map,
+			const char *data, uint64_t pos, size_t len)
+{
+	uint64_t bs = f4->blocksize;
+	uint64_t inrun = pos - (map->lblk << f4->blockbits);
+	off_t dev = f4_dev_offset(f4, map->pblk) + (off_t)inrun;
+	uint64_t head, span;
+	char *buf;
+	int ret;
+
+	if (!map->fresh && map->type != F4_MAP_UNWRITTEN)
+		return f4_pwrite_full(f4->devfd, data, len, dev);
+
+	head = inrun & (bs - 1);
+	span = (head + len + bs - 1) & ~(bs - 1);
+	buf = malloc(span);
+	if (!buf)
+		return ENOMEM;
+	memset(buf, 0, head);
+	memcpy(buf + head, data, len);
+	memset(buf + head + len, 0, span - head - len);
+	ret = f4_pwrite_full(f4->devfd, buf, span, dev - (off_t)head);
+	free(buf);
+	return ret;
+}
+
+void f4_write(struct fe_req *req, uint64_t nodeid,
+	      const struct fuse_write_in *arg, const void *data)
+{
+	struct f4fs *f4 = fe_req_fs(req);
+	struct f4_file *fh = (struct f4_file *)(uintptr_t)arg->fh;
+	struct f4_inode *ip = NULL;
+	struct ext2_inode_large inode;
+	uint64_t pos = arg->offset, end, max;
+	size_t len = arg->size, done = 0;
+	ext2_ino_t ino;
+	int ret;
+
+	if (f4->ro) {
+		fe_reply_err(req, EROFS);
+		return;
+	}
+	f4_lock(f4);
+	ret = f4_iget(f4, nodeid, &ino, &inode);
+	if (ret == 0 && !LINUX_S_ISREG(inode.i_mode))
+		ret = EINVAL;
+	if (ret == 0)
+		ip = fh ? fh->ip : f4_itable_get(f4, ino);
+	if (ret == 0 && !ip)
+		ret = ENOMEM;
+	f4_unlock(f4);
+	if (ret)
+		goto reply;
+
+	/* One writer per inode: a fresh block is padded with zeroes, which
+	 * must not land on another writer's data in the same block. */
+	pthread_rwlock_wrlock(&ip->iolock);
+	pthread_rwlock_rdlock(&f4->flush_barrier);
+	f4_lock(f4);
+	ret = f4_read_inode(f4, ino, &inode);
+	if (ret)
+		goto out_locked;
+	if (inode.i_flags & EXT2_IMMUTABLE_FL) {
+		ret = EPERM;
+		goto out_locked;
+	}
+	max = f4_max_file_size(f4, &inode);
+	if (pos >= max) {
+		ret = EFBIG;
+		goto out_locked;
+	}
+	if (len > max - pos)
+		len = max - pos;
+	if (inode.i_flags & EXT4_INLINE_DATA_FL) {
+		ret = f4_uninline(f4, ino, &inode);
+		if (ret)
+			goto out_locked;
+	}
+	end = pos + len;
+	while (done < len) {
+		uint64_t cur = pos + done;
+		uint64_t lblk = cur >> f4->blockbits;
+		uint64_t last = (end - 1) >> f4->blockbits;
+		struct f4_map map;
+		size_t chunk;
+
+		ret = f4_map_begin(f4, ino, &inode, lblk, last - lblk + 1,
+				   F4_MAP_WRITE, &map);
+		if (ret)
+			break;
+		chunk = (map.len << f4->blockbits) -
+			(cur - (lblk << f4->blockbits));
+		if (chunk > len - done)
+			chunk = len - done;
+		f4_unlock(f4);
+		ret = f4_write_run(f4, &map, (const char *)data + done, cur,
+				   chunk);
+		f4_lock(f4);
+		if (ret)
+			break;
+		if (map.type == F4_MAP_UNWRITTEN) {
+			ret = f4_read_inode(f4, ino, &inode);
+			if (ret == 0)
+				ret = f4_map_convert(f4, ino, &inode, lblk,
+					((cur + chunk - 1) >> f4->blockbits) -
+					lblk + 1);
+			if (ret)
+				break;
+		}
+		done += chunk;
+	}
+	/* A short write still reports what reached the device. */
+	if (done > 0) {
+		int ret2 = f4_read_inode(f4, ino, &inode);
+
+		if (ret2 == 0) {
+			if (pos + done > f4_inode_size(&inode))
+				ext2fs_inode_size_set(f4->fs,
+					(struct ext2_inode *)&inode, pos + done);
+			f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
+			ret2 = f4_write_inode(f4, ino, &inode);
+		}
+		ret = ret2;
+	}
+out_locked:
+	f4_unlock(f4);
+	pthread_rwlock_unlock(&f4->flush_barrier);
+	pthread_rwlock_unlock(&ip->iolock);
+	if (!fh) {
+		f4_lock(f4);
+		f4_itable_put(f4, ip);
+		f4_unlock(f4);
+	}
+reply:
+	if (ret && done == 0)
+		fe_reply_err(req, ret);
+	else
+		fe_reply_write(req, (uint32_t)done);
+}
+
+/*
+ * Truncate to size: free the blocks past the new end and zero the tail of
+ * the last block on disk, so that growing the file again reads zeroes.
+ * Caller holds the lock and the inode's I/O lock exclusively.
+ */
+int f4_truncate(struct f4fs *f4, ext2_ino_t ino,
+		struct ext2_inode_large *inode, uint64_t size)
+{
+	uint64_t old = f4_inode_size(inode);
+	uint64_t bs = f4->blocksize;
+	int ret;
+
+	if (size > f4_max_file_size(f4, inode))
+		return EFBIG;
+	if (inode->i_flags & EXT4_INLINE_DATA_FL) {
+		ret = f4_uninline(f4, ino, inode);
+		if (ret)
+			return ret;
+	}
+	if (size < old) {
+		ret = f4_map_punch(f4, ino, inode, (size + bs - 1) >>
+				   f4->blockbits, ~0ULL);
+		if (ret)
+			return ret;
+		if (size & (bs - 1)) {
+			ret = f4_zero_range_on_disk(f4, ino, inode, size,
+						    (size + bs - 1) & ~(bs - 1));
+			if (ret)
+				return ret;
+		}
+	}
+	ret = f4_errno(ext2fs_inode_size_set(f4->fs, (struct ext2_inode *)inode,
+					     size));
+	if (ret)
+		return ret;
+	return f4_write_inode(f4, ino, inode);
+}
+
+void f4_flush_op(struct fe_req *req, uint64_t nodeid,
+		 const struct fuse_flush_in *arg)
+{
+	(void)nodeid;
+	(void)arg;
+	fe_reply_ok(req);
+}
+
+void f4_fsync(struct fe_req *req, uint64_t nodeid,
+	      const struct fuse_fsync_in *arg)
+{
+	struct f4fs *f4 = fe_req_fs(req);
+
+	(void)nodeid;
+	(void)arg;
+	int ret = f4->ro ? 0 : f4_flush(f4, true);
+
+	if (ret)
+		fe_reply_err(req, ret);
+	else
+		fe_reply_ok(req);
+}
+
+#define F4_FALLOC_KEEP_SIZE	0x01
+#define F4_FALLOC_PUNCH_HOLE	0x02
+#define F4_FALLOC_ZERO_RANGE	0x10
+
+void f4_fallocate(struct fe_req *req, uint64_t nodeid,
+		  const struct fuse_fallocate_in *arg)
+{
+	struct f4fs *f4 = fe_req_fs(req);
+	struct f4_file *fh = (struct f4_file *)(uintptr_t)arg->fh;
+	struct ext2_inode_large inode;
+	uint32_t mode = arg->mode;
+	uint64_t start = arg->offset, end, first, last_excl;
+	uint64_t bs;
+	ext2_ino_t ino;
+	int ret;
+
+	if (f4->ro) {
+		fe_reply_err(req, EROFS);
+		return;
+	}
+	if (!fh) {
+		fe_reply_err(req, EBADF);
+		return;
+	}
+	if (mode & ~(F4_FALLOC_KEEP_SIZE | F4_FALLOC_PUNCH_HOLE |
+		     F4_FALLOC_ZERO_RANGE) ||
+	    ((mode & F4_FALLOC_PUNCH_HOLE) && (mode & F4_FALLOC_ZERO_RANGE))) {
+		fe_reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	if (arg->length == 0 || arg->offset > INT64_MAX ||
+	    arg->length > INT64_MAX - arg->offset) {
+		fe_reply_err(req, arg->length == 0 ? EINVAL : EFBIG);
+		return;
+	}
+	end = start + arg->length;
+	bs = f4->blocksize;
+
+	pthread_rwlock_wrlock(&fh->ip->iolock);
+	pthread_rwlock_rdlock(&f4->flush_barrier);
+	f4_lock(f4);
+	ret = f4_iget(f4, nodeid, &ino, &inode);
+	if (ret)
+		goto out;
+	if (inode.i_flags & (EXT2_IMMUTABLE_FL | EXT2_APPEND_FL)) {
+		ret = EPERM;
+		goto out;
+	}
+	if (!(mode & F4_FALLOC_PUNCH_HOLE) &&
+	    !(inode.i_flags & EXT4_EXTENTS_FL) &&
+	    !(inode.i_flags & EXT4_INLINE_DATA_FL)) {
+		ret = EOPNOTSUPP;
+		goto out;
+	}
+	if (!(mode & F4_FALLOC_PUNCH_HOLE) && end > f4_max_file_size(f4, &inode)) {
+		ret = EFBIG;
+		goto out;
+	}
+	if (inode.i_flags & EXT4_INLINE_DATA_FL) {
+		ret = f4_uninline(f4, ino, &inode);
+		if (ret)
+			goto out;
+	}
+	first = (start + bs - 1) >> f4->blockbits;	/* first whole block */
+	last_excl = end >> f4->blockbits;		/* past the last whole one */
+
+	if (mode & (F4_FALLOC_PUNCH_HOLE | F4_FALLOC_ZERO_RANGE)) {
+		uint64_t size = f4_inode_size(&inode);
+		uint64_t zend = (mode & F4_FALLOC_PUNCH_HOLE) && end > size ?
+			size : end;
+
+		/* Partial blocks at the edges are zeroed in place. */
+		if (start < zend && first > last_excl) {
+			ret = f4_zero_range_on_disk(f4, ino, &inode, start, zend);
+		} else if (start < zend) {
+			ret = f4_zero_range_on_disk(f4, ino, &inode, start,
+				first << f4->blockbits < zend ?
+				first << f4->blockbits : zend);
+			if (ret == 0 && (last_excl << f4->blockbits) < zend)
+				ret = f4_zero_range_on_disk(f4, ino, &inode,
+					last_excl << f4->blockbits, zend);
+		}
+		if (ret == 0 && first < last_excl)
+			ret = f4_map_punch(f4, ino, &inode, first,
+					   last_excl - 1);
+		if (ret == 0 && (mode & F4_FALLOC_ZERO_RANGE) &&
+		    first < last_excl)
+			ret = f4_map_prealloc(f4, ino, &inode, first,
+					      last_excl - first);
+	} else {
+		ret = f4_map_prealloc(f4, ino, &inode, start >> f4->blockbits,
+				      ((end + bs - 1) >> f4->blockbits) -
+				      (start >> f4->blockbits));
+	}
+	if (ret)
+		goto out;
+	ret = f4_read_inode(f4, ino, &inode);
+	if (ret)
+		goto out;
+	if (!(mode & (F4_FALLOC_KEEP_SIZE | F4_FALLOC_PUNCH_HOLE)) &&
+	    end > f4_inode_size(&inode))
+		ext2fs_inode_size_set(f4->fs, (struct ext2_inode *)&inode, end);
+	f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
+	ret = f4_write_inode(f4, ino, &inode);
+out:
+	f4_unlock(f4);
+	pthread_rwlock_unlock(&f4->flush_barrier);
+	pthread_rwlock_unlock(&fh->ip->iolock);
+	if (ret)
+		fe_reply_err(req, ret);
+	else
+		fe_reply_ok(req);
 }

@@ -13,6 +13,7 @@
 
 #include <ext2fs/ext2_fs.h>
 #include <ext2fs/ext2fs.h>
+#include <ext2fs/ext3_extents.h>
 
 #include "fuse_engine.h"
 
@@ -28,8 +29,8 @@ struct f4_options {
 	uint64_t offset;	/* byte offset of the filesystem in the device */
 	unsigned int threads;
 	bool ro;
-	bool rw_requested;
 	bool norecovery;
+	bool nosync_unmount;
 	bool acl;
 	bool foreground;
 	bool debug;
@@ -51,14 +52,46 @@ struct f4fs {
 	bool acl;
 	double entry_timeout;	/* seconds */
 	double attr_timeout;
+	double negative_timeout;
+	bool nsec_times;	/* inodes store nanoseconds */
+	/*
+	 * Data written to newly allocated blocks must reach the device before
+	 * metadata that points at them: writers hold this shared from
+	 * allocation until their data is written, a metadata flush holds it
+	 * exclusively.
+	 */
+	pthread_rwlock_t flush_barrier;
+	struct f4_itable *itable;
 	struct f4_options opts;
 	struct fe_session *se;
 };
 
-/* An open file or directory (the fh of OPEN/OPENDIR). */
+#define F4_LINK_MAX	65000	/* EXT4_LINK_MAX */
+
+/* The timestamps of an inode, for f4_touch(). */
+enum {
+	F4_ATIME = 1 << 0,
+	F4_MTIME = 1 << 1,
+	F4_CTIME = 1 << 2,
+	F4_CRTIME = 1 << 3,
+};
+
+/* An inode the kernel holds open (itable.c). */
+struct f4_inode {
+	ext2_ino_t ino;
+	unsigned int opens;
+	bool orphan;		/* unlinked while open: on the orphan list */
+	pthread_rwlock_t iolock; /* data I/O shared; size/extent changes exclusive */
+	struct f4_inode *next;
+};
+
+struct f4_itable;
+
+/* An open file or directory (the fh of OPEN/OPENDIR/CREATE). */
 struct f4_file {
 	ext2_ino_t ino;
 	uint32_t flags;		/* open(2) flags */
+	struct f4_inode *ip;
 };
 
 static inline void f4_lock(struct f4fs *f4)
@@ -82,7 +115,21 @@ void f4_free_options(struct f4_options *opts);
 /* super.c: opening, checking and describing the filesystem. */
 int f4_open_fs(struct f4fs *f4);
 void f4_close_fs(struct f4fs *f4);
+int f4_flush(struct f4fs *f4, bool sync);
 void f4_statfs(struct fe_req *req, uint64_t nodeid);
+void f4_syncfs(struct fe_req *req, uint64_t nodeid);
+void f4_destroy(void *fs);
+
+/* loopdev.c */
+int f4_loop_attach(const char *path, bool ro, uint64_t offset, char *name,
+		   size_t namelen, int *loopfd);
+
+/* itable.c */
+int f4_itable_init(struct f4fs *f4);
+void f4_itable_free(struct f4fs *f4);
+struct f4_inode *f4_itable_find(struct f4fs *f4, ext2_ino_t ino);
+struct f4_inode *f4_itable_get(struct f4fs *f4, ext2_ino_t ino);
+void f4_itable_put(struct f4fs *f4, struct f4_inode *ip);
 
 /* inode.c: node ids, inode reading and attributes. */
 static inline ext2_ino_t f4_nodeid_to_ino(uint64_t nodeid)
@@ -114,6 +161,27 @@ void f4_statx(struct fe_req *req, uint64_t nodeid,
 	      const struct fuse_statx_in *arg);
 void f4_access(struct fe_req *req, uint64_t nodeid,
 	       const struct fuse_access_in *arg);
+int f4_write_inode(struct f4fs *f4, ext2_ino_t ino,
+		   struct ext2_inode_large *inode);
+void f4_init_extent_header(struct ext2_inode_large *inode);
+void f4_touch(struct f4fs *f4, struct ext2_inode_large *inode,
+	      unsigned int which, const struct timespec *ts);
+int f4_new_inode(struct f4fs *f4, struct fe_req *req, ext2_ino_t dir,
+		 const struct ext2_inode_large *dir_inode, uint32_t mode,
+		 ext2_ino_t *ino, struct ext2_inode_large *inode);
+int f4_free_inode(struct f4fs *f4, ext2_ino_t ino,
+		  struct ext2_inode_large *inode);
+int f4_orphan_add(struct f4fs *f4, ext2_ino_t ino,
+		  struct ext2_inode_large *inode);
+int f4_orphan_del(struct f4fs *f4, ext2_ino_t ino,
+		  struct ext2_inode_large *inode);
+int f4_drop_link(struct f4fs *f4, ext2_ino_t ino,
+		 struct ext2_inode_large *inode);
+void f4_inc_nlink(struct f4fs *f4, struct ext2_inode_large *inode);
+void f4_dec_nlink(struct ext2_inode_large *inode);
+bool f4_dir_link_max(struct f4fs *f4, const struct ext2_inode_large *dir);
+void f4_setattr(struct fe_req *req, uint64_t nodeid,
+		const struct fuse_setattr_in *arg);
 
 /* dir.c: directory blocks, listing and name lookup. */
 typedef int (*f4_dirent_fn)(void *priv, ext2_ino_t ino, const char *name,
@@ -125,6 +193,17 @@ int f4_dir_iterate(struct f4fs *f4, ext2_ino_t dir,
 int f4_dir_lookup(struct f4fs *f4, ext2_ino_t dir,
 		  const struct ext2_inode_large *inode, const char *name,
 		  size_t namelen, ext2_ino_t *found);
+int f4_dir_add(struct f4fs *f4, ext2_ino_t dir, const char *name,
+	       ext2_ino_t ino, uint16_t mode);
+int f4_dir_remove(struct f4fs *f4, ext2_ino_t dir, const char *name);
+int f4_dir_retarget(struct f4fs *f4, ext2_ino_t dir, const char *name,
+		    ext2_ino_t ino, uint16_t mode);
+int f4_dir_is_empty(struct f4fs *f4, ext2_ino_t dir,
+		    const struct ext2_inode_large *inode);
+int f4_dir_make(struct f4fs *f4, ext2_ino_t ino,
+		struct ext2_inode_large *inode, ext2_ino_t parent);
+void f4_fsyncdir(struct fe_req *req, uint64_t nodeid,
+		 const struct fuse_fsync_in *arg);
 void f4_opendir(struct fe_req *req, uint64_t nodeid,
 		const struct fuse_open_in *arg);
 void f4_readdir(struct fe_req *req, uint64_t nodeid,
@@ -136,6 +215,22 @@ void f4_releasedir(struct fe_req *req, uint64_t nodeid,
 
 /* namei.c */
 void f4_lookup(struct fe_req *req, uint64_t parent, const char *name);
+void f4_mknod(struct fe_req *req, uint64_t parent, const char *name,
+	      const struct fuse_mknod_in *arg);
+void f4_mkdir(struct fe_req *req, uint64_t parent, const char *name,
+	      const struct fuse_mkdir_in *arg);
+void f4_symlink(struct fe_req *req, uint64_t parent, const char *name,
+		const char *target);
+void f4_create(struct fe_req *req, uint64_t parent, const char *name,
+	       const struct fuse_create_in *arg);
+void f4_tmpfile(struct fe_req *req, uint64_t parent,
+		const struct fuse_create_in *arg);
+void f4_link(struct fe_req *req, uint64_t oldnodeid, uint64_t newparent,
+	     const char *newname);
+void f4_unlink(struct fe_req *req, uint64_t parent, const char *name);
+void f4_rmdir(struct fe_req *req, uint64_t parent, const char *name);
+void f4_rename(struct fe_req *req, uint64_t parent, const char *name,
+	       uint64_t newparent, const char *newname, uint32_t flags);
 
 /* mapping.c: the mapping engine.  Ranges are in filesystem blocks. */
 enum f4_map_type {
@@ -150,13 +245,26 @@ struct f4_map {
 	uint64_t len;		/* number of blocks, >= 1 */
 	uint64_t pblk;		/* first device block (MAPPED/UNWRITTEN) */
 	enum f4_map_type type;
+	bool fresh;		/* allocated by this call: contents undefined */
 };
 
 #define F4_MAP_READ	0u	/* look up only */
+#define F4_MAP_WRITE	1u	/* allocate holes; the caller writes the data */
 
 int f4_map_begin(struct f4fs *f4, ext2_ino_t ino,
 		 struct ext2_inode_large *inode, uint64_t lblk,
 		 uint64_t maxlen, unsigned int flags, struct f4_map *map);
+int f4_map_convert(struct f4fs *f4, ext2_ino_t ino,
+		   struct ext2_inode_large *inode, uint64_t lblk,
+		   uint64_t len);
+int f4_map_punch(struct f4fs *f4, ext2_ino_t ino,
+		 struct ext2_inode_large *inode, uint64_t start,
+		 uint64_t end);
+int f4_map_prealloc(struct f4fs *f4, ext2_ino_t ino,
+		    struct ext2_inode_large *inode, uint64_t lblk,
+		    uint64_t len);
+uint64_t f4_max_file_size(struct f4fs *f4,
+			  const struct ext2_inode_large *inode);
 
 /* file.c */
 void f4_open(struct fe_req *req, uint64_t nodeid,
@@ -169,6 +277,21 @@ void f4_lseek(struct fe_req *req, uint64_t nodeid,
 	      const struct fuse_lseek_in *arg);
 int f4_read_inline(struct f4fs *f4, ext2_ino_t ino,
 		   struct ext2_inode_large *inode, void **buf, size_t *size);
+void f4_write(struct fe_req *req, uint64_t nodeid,
+	      const struct fuse_write_in *arg, const void *data);
+void f4_flush_op(struct fe_req *req, uint64_t nodeid,
+		 const struct fuse_flush_in *arg);
+void f4_fsync(struct fe_req *req, uint64_t nodeid,
+	      const struct fuse_fsync_in *arg);
+void f4_fallocate(struct fe_req *req, uint64_t nodeid,
+		  const struct fuse_fallocate_in *arg);
+int f4_truncate(struct f4fs *f4, ext2_ino_t ino,
+		struct ext2_inode_large *inode, uint64_t size);
+int f4_zero_range_on_disk(struct f4fs *f4, ext2_ino_t ino,
+			  struct ext2_inode_large *inode, uint64_t start,
+			  uint64_t end);
+int f4_open_file(struct f4fs *f4, ext2_ino_t ino, uint32_t flags,
+		 struct f4_file **fhp);
 
 /* symlink.c */
 void f4_readlink(struct fe_req *req, uint64_t nodeid);
@@ -177,6 +300,13 @@ void f4_readlink(struct fe_req *req, uint64_t nodeid);
 void f4_getxattr(struct fe_req *req, uint64_t nodeid, const char *name,
 		 uint32_t size);
 void f4_listxattr(struct fe_req *req, uint64_t nodeid, uint32_t size);
+void f4_setxattr(struct fe_req *req, uint64_t nodeid, const char *name,
+		 const void *value, uint32_t size, uint32_t flags,
+		 uint32_t setxattr_flags);
+void f4_removexattr(struct fe_req *req, uint64_t nodeid, const char *name);
+int f4_acl_inherit(struct f4fs *f4, ext2_ino_t dir, ext2_ino_t ino,
+		   struct ext2_inode_large *inode, uint32_t umask);
+int f4_acl_chmod(struct f4fs *f4, ext2_ino_t ino, uint16_t mode);
 
 /* ops.c */
 extern const struct fe_ops f4_ops;

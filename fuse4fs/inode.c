@@ -13,6 +13,7 @@
 #include <dirent.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fuse4fs.h"
@@ -73,7 +74,10 @@ int f4_iget(struct f4fs *f4, uint64_t nodeid, ext2_ino_t *ino,
 	ret = f4_read_inode(f4, *ino, inode);
 	if (ret)
 		return ret;
-	if (inode->i_mode == 0 || inode->i_links_count == 0 || inode->i_dtime)
+	if (inode->i_mode == 0)
+		return ESTALE;
+	/* An unlinked inode lives on only while the kernel holds it open. */
+	if (inode->i_links_count == 0 && !f4_itable_find(f4, *ino))
 		return ESTALE;
 	return 0;
 }
@@ -359,4 +363,403 @@ out:
 		fe_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
+}
+
+/* ---- changing inodes ---- */
+
+int f4_write_inode(struct f4fs *f4, ext2_ino_t ino,
+		   struct ext2_inode_large *inode)
+{
+	return f4_errno(ext2fs_write_inode_full(f4->fs, ino,
+						(struct ext2_inode *)inode,
+						sizeof(*inode)));
+}
+
+static void f4_encode_time(const struct timespec *ts, uint32_t *sec,
+			   uint32_t *extra)
+{
+	*sec = (uint32_t)ts->tv_sec;
+	*extra = (uint32_t)(((ts->tv_sec - (int32_t)ts->tv_sec) >> 32) &
+			    EXT4_EPOCH_MASK) |
+		((uint32_t)ts->tv_nsec << EXT4_EPOCH_BITS);
+}
+
+/* Set the chosen timestamps to ts, or to the current time. */
+void f4_touch(struct f4fs *f4, struct ext2_inode_large *inode,
+	      unsigned int which, const struct timespec *ts)
+{
+	struct timespec now;
+	uint32_t sec, extra;
+
+	(void)f4;
+	if (!ts) {
+		clock_gettime(CLOCK_REALTIME, &now);
+		ts = &now;
+	}
+	f4_encode_time(ts, &sec, &extra);
+	if (which & F4_ATIME) {
+		inode->i_atime = sec;
+		if (F4_FITS(inode, i_atime_extra))
+			inode->i_atime_extra = extra;
+	}
+	if (which & F4_MTIME) {
+		inode->i_mtime = sec;
+		if (F4_FITS(inode, i_mtime_extra))
+			inode->i_mtime_extra = extra;
+	}
+	if (which & F4_CTIME) {
+		inode->i_ctime = sec;
+		if (F4_FITS(inode, i_ctime_extra))
+			inode->i_ctime_extra = extra;
+	}
+	if ((which & F4_CRTIME) && F4_FITS(inode, i_crtime_extra)) {
+		inode->i_crtime = sec;
+		inode->i_crtime_extra = extra;
+	}
+}
+
+/* Inode flags a new inode takes from its directory, as ext4 passes them. */
+#define F4_FL_INHERITED	(0x00000001 | 0x00000002 | EXT2_COMPR_FL | \
+			 EXT2_SYNC_FL | EXT2_NODUMP_FL | EXT2_NOATIME_FL | \
+			 0x00000400 | 0x00004000 | 0x00008000 | \
+			 EXT2_DIRSYNC_FL | 0x20000000)
+#define F4_FL_REG_MASK	(~(EXT2_DIRSYNC_FL | EXT2_TOPDIR_FL | 0x20000000))
+#define F4_FL_OTHER_MASK (EXT2_NODUMP_FL | EXT2_NOATIME_FL)
+
+/* An empty extent tree in i_block, for inodes that start out mapped. */
+void f4_init_extent_header(struct ext2_inode_large *inode)
+{
+	struct ext3_extent_header *eh = (struct ext3_extent_header *)inode->i_block;
+
+	memset(inode->i_block, 0, sizeof(inode->i_block));
+	eh->eh_magic = ext2fs_cpu_to_le16(EXT3_EXT_MAGIC);
+	eh->eh_max = ext2fs_cpu_to_le16((sizeof(inode->i_block) -
+					 sizeof(*eh)) /
+					sizeof(struct ext3_extent));
+	inode->i_flags |= EXT4_EXTENTS_FL;
+}
+
+/*
+ * Allocate and write a new inode owned by the caller, in the directory's
+ * group.  Its link count is 1 (2 for directories, which the caller links);
+ * the caller links it into a directory or frees it with f4_free_inode().
+ */
+int f4_new_inode(struct f4fs *f4, struct fe_req *req, ext2_ino_t dir,
+		 const struct ext2_inode_large *dir_inode, uint32_t mode,
+		 ext2_ino_t *ino, struct ext2_inode_large *inode)
+{
+	ext2_filsys fs = f4->fs;
+	size_t isize = EXT2_INODE_SIZE(fs->super);
+	uint32_t gid = req->gid, flags;
+	char *raw = NULL;
+	errcode_t err;
+	int ret;
+
+	err = ext2fs_new_inode(fs, dir, (int)mode, NULL, ino);
+	if (err)
+		return f4_errno(err);
+
+	memset(inode, 0, sizeof(*inode));
+	/* BSD group semantics in set-group-ID directories. */
+	if (dir_inode->i_mode & LINUX_S_ISGID) {
+		gid = inode_gid(*dir_inode);
+		if (LINUX_S_ISDIR(mode))
+			mode |= LINUX_S_ISGID;
+	}
+	inode->i_mode = (uint16_t)mode;
+	inode->i_uid = (uint16_t)req->uid;
+	inode->osd2.linux2.l_i_uid_high = (uint16_t)(req->uid >> 16);
+	inode->i_gid = (uint16_t)gid;
+	inode->osd2.linux2.l_i_gid_high = (uint16_t)(gid >> 16);
+	inode->i_links_count = LINUX_S_ISDIR(mode) ? 2 : 1;
+	if (isize > EXT2_GOOD_OLD_INODE_SIZE) {
+		size_t want = sizeof(*inode) - EXT2_GOOD_OLD_INODE_SIZE;
+
+		if (want > isize - EXT2_GOOD_OLD_INODE_SIZE)
+			want = isize - EXT2_GOOD_OLD_INODE_SIZE;
+		inode->i_extra_isize = (uint16_t)want;
+	}
+	inode->i_generation = arc4random();
+	f4_touch(f4, inode, F4_ATIME | F4_MTIME | F4_CTIME | F4_CRTIME, NULL);
+
+	flags = dir_inode->i_flags & F4_FL_INHERITED;
+	if (LINUX_S_ISREG(mode))
+		flags &= F4_FL_REG_MASK;
+	else if (!LINUX_S_ISDIR(mode))
+		flags &= F4_FL_OTHER_MASK;
+	inode->i_flags = flags;
+	if (ext2fs_has_feature_extents(fs->super) &&
+	    (LINUX_S_ISREG(mode) || LINUX_S_ISDIR(mode)))
+		f4_init_extent_header(inode);
+
+	/* The slot may hold a freed inode's in-inode xattrs: clear it all. */
+	raw = calloc(1, isize);
+	if (!raw) {
+		ret = ENOMEM;
+		goto fail;
+	}
+	memcpy(raw, inode, isize < sizeof(*inode) ? isize : sizeof(*inode));
+	err = ext2fs_write_inode_full(fs, *ino, (struct ext2_inode *)raw,
+				      (int)isize);
+	free(raw);
+	if (err) {
+		ret = f4_errno(err);
+		goto fail;
+	}
+	ext2fs_inode_alloc_stats2(fs, *ino, +1, LINUX_S_ISDIR(mode));
+	return 0;
+fail:
+	*ino = 0;
+	return ret;
+}
+
+/* Release an inode with no links and no opens: its blocks, xattrs and
+ * the inode itself. */
+int f4_free_inode(struct f4fs *f4, ext2_ino_t ino,
+		  struct ext2_inode_large *inode)
+{
+	ext2_filsys fs = f4->fs;
+	errcode_t err = 0;
+	int ret;
+
+	if (ext2fs_inode_has_valid_blocks2(fs, (struct ext2_inode *)inode)) {
+		err = ext2fs_punch(fs, ino, (struct ext2_inode *)inode, NULL, 0,
+				   ~0ULL);
+		if (err)
+			return f4_errno(err);
+	}
+	err = ext2fs_free_ext_attr(fs, ino, inode);
+	if (err)
+		return f4_errno(err);
+	inode->i_links_count = 0;
+	inode->i_size = 0;
+	inode->i_size_high = 0;
+	inode->i_flags &= ~EXT4_INLINE_DATA_FL;
+	inode->i_dtime = (uint32_t)time(NULL);
+	ret = f4_write_inode(f4, ino, inode);
+	if (ret)
+		return ret;
+	ext2fs_inode_alloc_stats2(fs, ino, -1, LINUX_S_ISDIR(inode->i_mode));
+	return 0;
+}
+
+/*
+ * The orphan list is the on-disk chain from s_last_orphan through i_dtime
+ * that e2fsck (and a later mount) uses to finish off inodes that were
+ * unlinked while open, if the server dies before their last release.
+ */
+int f4_orphan_add(struct f4fs *f4, ext2_ino_t ino,
+		  struct ext2_inode_large *inode)
+{
+	struct ext2_super_block *sb = f4->fs->super;
+	int ret;
+
+	inode->i_dtime = sb->s_last_orphan;
+	ret = f4_write_inode(f4, ino, inode);
+	if (ret)
+		return ret;
+	sb->s_last_orphan = ino;
+	ext2fs_mark_super_dirty(f4->fs);
+	return 0;
+}
+
+int f4_orphan_del(struct f4fs *f4, ext2_ino_t ino,
+		  struct ext2_inode_large *inode)
+{
+	struct ext2_super_block *sb = f4->fs->super;
+	ext2_ino_t prev = 0, cur = sb->s_last_orphan;
+	struct ext2_inode_large pinode;
+	uint32_t steps;
+	int ret;
+
+	for (steps = 0; cur && cur != ino && steps < sb->s_inodes_count;
+	     steps++) {
+		if (cur > sb->s_inodes_count)
+			return EUCLEAN;
+		ret = f4_read_inode(f4, cur, &pinode);
+		if (ret)
+			return ret;
+		prev = cur;
+		cur = pinode.i_dtime;
+	}
+	if (cur != ino)
+		return EUCLEAN;
+	if (prev) {
+		pinode.i_dtime = inode->i_dtime;
+		ret = f4_write_inode(f4, prev, &pinode);
+		if (ret)
+			return ret;
+	} else {
+		sb->s_last_orphan = inode->i_dtime;
+		ext2fs_mark_super_dirty(f4->fs);
+	}
+	inode->i_dtime = 0;
+	return f4_write_inode(f4, ino, inode);
+}
+
+/* Link counting as ext4 does it: directories on dir_nlink filesystems
+ * stop counting (stay at 1) past the link limit. */
+void f4_inc_nlink(struct f4fs *f4, struct ext2_inode_large *inode)
+{
+	if (LINUX_S_ISDIR(inode->i_mode) && inode->i_links_count == 1)
+		return;
+	inode->i_links_count++;
+	if (LINUX_S_ISDIR(inode->i_mode) &&
+	    ext2fs_has_feature_dir_nlink(f4->fs->super) &&
+	    inode->i_links_count >= F4_LINK_MAX)
+		inode->i_links_count = 1;
+}
+
+void f4_dec_nlink(struct ext2_inode_large *inode)
+{
+	if (!LINUX_S_ISDIR(inode->i_mode) || inode->i_links_count > 2)
+		inode->i_links_count--;
+}
+
+bool f4_dir_link_max(struct f4fs *f4, const struct ext2_inode_large *dir)
+{
+	return dir->i_links_count >= F4_LINK_MAX &&
+		!(ext2fs_has_feature_dir_nlink(f4->fs->super) &&
+		  (dir->i_flags & EXT2_INDEX_FL));
+}
+
+/*
+ * Drop one name of a non-directory.  The last name of an inode that is
+ * still open puts it on the orphan list; otherwise it is freed now.
+ */
+int f4_drop_link(struct f4fs *f4, ext2_ino_t ino,
+		 struct ext2_inode_large *inode)
+{
+	struct f4_inode *ip;
+
+	if (inode->i_links_count > 0)
+		inode->i_links_count--;
+	f4_touch(f4, inode, F4_CTIME, NULL);
+	if (inode->i_links_count > 0)
+		return f4_write_inode(f4, ino, inode);
+	ip = f4_itable_find(f4, ino);
+	if (ip) {
+		ip->orphan = true;
+		return f4_orphan_add(f4, ino, inode);
+	}
+	return f4_free_inode(f4, ino, inode);
+}
+
+static void f4_timespec_from(struct timespec *ts, uint64_t sec, uint32_t nsec)
+{
+	ts->tv_sec = (time_t)(int64_t)sec;
+	ts->tv_nsec = nsec;
+}
+
+void f4_setattr(struct fe_req *req, uint64_t nodeid,
+		const struct fuse_setattr_in *arg)
+{
+	struct f4fs *f4 = fe_req_fs(req);
+	struct ext2_inode_large inode;
+	struct fuse_attr_out out;
+	struct f4_inode *ip = NULL;
+	uint32_t valid = arg->valid;
+	struct timespec ts;
+	ext2_ino_t ino;
+	bool ctime_set = false;
+	int ret;
+
+	if (f4->ro) {
+		fe_reply_err(req, EROFS);
+		return;
+	}
+	/* Size changes exclude data I/O on the inode. */
+	if (valid & FATTR_SIZE) {
+		f4_lock(f4);
+		ret = f4_check_nodeid(f4, nodeid, &ino);
+		if (ret == 0)
+			ip = f4_itable_get(f4, ino);
+		f4_unlock(f4);
+		if (ret)
+			goto reply;
+		if (!ip) {
+			ret = ENOMEM;
+			goto reply;
+		}
+		pthread_rwlock_wrlock(&ip->iolock);
+	}
+
+	f4_lock(f4);
+	ret = f4_iget(f4, nodeid, &ino, &inode);
+	if (ret)
+		goto out;
+	if ((valid & FATTR_SIZE) && !LINUX_S_ISREG(inode.i_mode)) {
+		ret = LINUX_S_ISDIR(inode.i_mode) ? EISDIR : EINVAL;
+		goto out;
+	}
+	if ((inode.i_flags & (EXT2_IMMUTABLE_FL | EXT2_APPEND_FL)) &&
+	    (valid & (FATTR_MODE | FATTR_UID | FATTR_GID | FATTR_SIZE))) {
+		ret = EPERM;
+		goto out;
+	}
+	if (valid & FATTR_MODE)
+		inode.i_mode = (uint16_t)((inode.i_mode & LINUX_S_IFMT) |
+					  (arg->mode & 07777));
+	if (valid & FATTR_UID) {
+		inode.i_uid = (uint16_t)arg->uid;
+		inode.osd2.linux2.l_i_uid_high = (uint16_t)(arg->uid >> 16);
+	}
+	if (valid & FATTR_GID) {
+		inode.i_gid = (uint16_t)arg->gid;
+		inode.osd2.linux2.l_i_gid_high = (uint16_t)(arg->gid >> 16);
+	}
+	if (valid & FATTR_KILL_SUIDGID) {
+		inode.i_mode &= ~LINUX_S_ISUID;
+		if (inode.i_mode & 0010)
+			inode.i_mode &= ~LINUX_S_ISGID;
+	}
+	if ((valid & FATTR_SIZE) && arg->size != f4_inode_size(&inode)) {
+		ret = f4_truncate(f4, ino, &inode, arg->size);
+		if (ret)
+			goto out;
+		if (!(valid & FATTR_MTIME))
+			f4_touch(f4, &inode, F4_MTIME, NULL);
+	}
+	if (valid & FATTR_ATIME) {
+		f4_timespec_from(&ts, arg->atime, arg->atimensec);
+		f4_touch(f4, &inode, F4_ATIME,
+			 (valid & FATTR_ATIME_NOW) ? NULL : &ts);
+	}
+	if (valid & FATTR_MTIME) {
+		f4_timespec_from(&ts, arg->mtime, arg->mtimensec);
+		f4_touch(f4, &inode, F4_MTIME,
+			 (valid & FATTR_MTIME_NOW) ? NULL : &ts);
+	}
+	if (valid & FATTR_CTIME) {
+		f4_timespec_from(&ts, arg->ctime, arg->ctimensec);
+		f4_touch(f4, &inode, F4_CTIME, &ts);
+		ctime_set = true;
+	}
+	if (!ctime_set)
+		f4_touch(f4, &inode, F4_CTIME, NULL);
+	ret = f4_write_inode(f4, ino, &inode);
+	if (ret == 0 && (valid & FATTR_MODE)) {
+		ret = f4_acl_chmod(f4, ino, inode.i_mode);
+		if (ret == 0)
+			ret = f4_read_inode(f4, ino, &inode);
+	}
+	if (ret)
+		goto out;
+	memset(&out, 0, sizeof(out));
+	f4_split_timeout(f4->attr_timeout, &out.attr_valid,
+			 &out.attr_valid_nsec);
+	f4_fill_attr(f4, ino, &inode, &out.attr);
+out:
+	f4_unlock(f4);
+	if (ip) {
+		pthread_rwlock_unlock(&ip->iolock);
+		f4_lock(f4);
+		f4_itable_put(f4, ip);
+		f4_unlock(f4);
+	}
+reply:
+	if (ret)
+		fe_reply_err(req, ret);
+	else
+		fe_reply_attr(req, &out);
 }

@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -51,15 +52,23 @@ static const char *f4_default_subtype(const char *argv0)
 	return F4_PROGNAME;
 }
 
-/* The options for the kernel mount: ours first, then the user's. */
+/*
+ * The options for the kernel mount: ours first, then the user's.  With a
+ * block device source the mount is fuseblk, whose unmount waits for
+ * DESTROY; its source must be that device.
+ */
 static char *f4_mount_options(const struct f4_options *opts,
-			      const char *argv0)
+			      const char *argv0, const char *blkdev)
 {
 	char *mo = NULL, *kv = NULL;
 
-	if (asprintf(&kv, "fsname=%s", opts->fsname ? opts->fsname :
-		     opts->device) < 0)
+	if (blkdev && fuse_opt_add_opt(&mo, "blkdev") == -1)
 		return NULL;
+	if (asprintf(&kv, "fsname=%s", blkdev ? blkdev : opts->fsname ?
+		     opts->fsname : opts->device) < 0) {
+		free(mo);
+		return NULL;
+	}
 	if (fuse_opt_add_opt_escaped(&mo, kv) == -1)
 		goto fail;
 	free(kv);
@@ -92,6 +101,39 @@ struct f4_sigwait {
 	struct fe_session *se;
 };
 
+static bool f4_is_dev_fd(const char *path)
+{
+	return strncmp(path, "/dev/fd/", 8) == 0;
+}
+
+/*
+ * Pick the block device a synchronous-unmount (fuseblk) mount stands on:
+ * the device itself, or a loop device over the image.  Returns NULL when
+ * the mount is a plain fuse mount instead.
+ */
+static const char *f4_pick_blkdev(struct f4fs *f4, char *loopname,
+				  size_t len, int *loopfd)
+{
+	struct stat st;
+	int ret;
+
+	if (f4->ro || f4->opts.nosync_unmount || geteuid() != 0 ||
+	    f4_is_dev_fd(f4->opts.mountpoint))
+		return NULL;
+	if (stat(f4->opts.device, &st) < 0)
+		return NULL;
+	if (S_ISBLK(st.st_mode))
+		return f4->opts.offset ? NULL : f4->opts.device;
+	ret = f4_loop_attach(f4->opts.device, false, 0, loopname, len, loopfd);
+	if (ret) {
+		f4_log("no loop device for %s (%s): umount will not wait for "
+		       "the filesystem to be written back", f4->opts.device,
+		       strerror(ret));
+		return NULL;
+	}
+	return loopname;
+}
+
 static void *f4_signal_thread(void *arg)
 {
 	struct f4_sigwait *sw = arg;
@@ -116,6 +158,9 @@ int main(int argc, char **argv)
 	struct f4_sigwait sw;
 	pthread_t sigthread;
 	bool sigthread_started = false;
+	char loopname[64];
+	const char *blkdev;
+	int loopfd = -1;
 	char *mo = NULL;
 	int exitcode = F4_EXIT_MOUNT;
 	int ret;
@@ -124,11 +169,17 @@ int main(int argc, char **argv)
 	if (ret)
 		return ret < 0 ? F4_EXIT_USAGE : 0;
 	pthread_mutex_init(&f4.lock, NULL);
+	pthread_rwlock_init(&f4.flush_barrier, NULL);
+	if (f4_itable_init(&f4)) {
+		f4_log("out of memory");
+		goto out;
+	}
 
 	if (f4_open_fs(&f4))
 		goto out;
 
-	mo = f4_mount_options(&f4.opts, argv[0]);
+	blkdev = f4_pick_blkdev(&f4, loopname, sizeof(loopname), &loopfd);
+	mo = f4_mount_options(&f4.opts, argv[0], blkdev);
 	if (!mo || fuse_opt_add_arg(&fargs, argv[0]) == -1 ||
 	    fuse_opt_add_arg(&fargs, "-o") == -1 ||
 	    fuse_opt_add_arg(&fargs, mo) == -1) {
@@ -141,7 +192,12 @@ int main(int argc, char **argv)
 		exitcode = F4_EXIT_USAGE;
 		goto out;
 	}
-	if (fuse_session_mount(fuse, f4.opts.mountpoint) != 0) {
+	ret = fuse_session_mount(fuse, f4.opts.mountpoint);
+	/* The kernel holds a fuseblk source open from here on; the loop
+	 * device goes away by itself once it lets go. */
+	if (loopfd >= 0)
+		close(loopfd);
+	if (ret != 0) {
 		f4_log("cannot mount on %s", f4.opts.mountpoint);
 		fuse_session_destroy(fuse);
 		fuse = NULL;
@@ -191,9 +247,11 @@ out:
 	if (f4.se)
 		fe_session_free(f4.se);
 	f4_close_fs(&f4);
+	f4_itable_free(&f4);
 	free(mo);
 	fuse_opt_free_args(&fargs);
 	f4_free_options(&f4.opts);
+	pthread_rwlock_destroy(&f4.flush_barrier);
 	pthread_mutex_destroy(&f4.lock);
 	return exitcode;
 }

@@ -138,14 +138,10 @@ static int f4_map_indirect(struct f4fs *f4, ext2_ino_t ino,
 	return 0;
 }
 
-int f4_map_begin(struct f4fs *f4, ext2_ino_t ino,
-		 struct ext2_inode_large *inode, uint64_t lblk,
-		 uint64_t maxlen, unsigned int flags, struct f4_map *map)
+static int f4_map_lookup(struct f4fs *f4, ext2_ino_t ino,
+			 struct ext2_inode_large *inode, uint64_t lblk,
+			 uint64_t maxlen, struct f4_map *map)
 {
-	(void)flags;
-	memset(map, 0, sizeof(*map));
-	if (maxlen == 0)
-		return EINVAL;
 	if (inode->i_flags & EXT4_INLINE_DATA_FL) {
 		map->lblk = lblk;
 		map->len = lblk == 0 ? 1 : maxlen;
@@ -155,4 +151,280 @@ int f4_map_begin(struct f4fs *f4, ext2_ino_t ino,
 	if (inode->i_flags & EXT4_EXTENTS_FL)
 		return f4_map_extent(f4, ino, inode, lblk, maxlen, map);
 	return f4_map_indirect(f4, ino, inode, lblk, maxlen, map);
+}
+
+/* Largest file ext4 allows for this inode's block mapping scheme. */
+uint64_t f4_max_file_size(struct f4fs *f4, const struct ext2_inode_large *inode)
+{
+	unsigned int bits = f4->blockbits;
+	uint64_t limit = UINT64_MAX, res;
+
+	if (!ext2fs_has_feature_huge_file(f4->fs->super))
+		limit = (((1ULL << 32) - 1) >> (bits - 9)) << bits;
+	if (inode->i_flags & EXT4_EXTENTS_FL) {
+		res = ((1ULL << 32) - 1) << bits;
+	} else {
+		uint64_t per = f4->blocksize / 4;
+
+		res = (EXT2_NDIR_BLOCKS + per + per * per + per * per * per)
+			<< bits;
+		if (res > ((1ULL << 32) - 1) << bits)
+			res = ((1ULL << 32) - 1) << bits;
+	}
+	return res < limit ? res : limit;
+}
+
+/* Allocate blocks for a hole in an indirect-mapped file, one at a time as
+ * the indirect scheme requires, and report the run that was allocated. */
+static int f4_alloc_indirect(struct f4fs *f4, ext2_ino_t ino,
+			     struct ext2_inode_large *inode, uint64_t lblk,
+			     uint64_t len, struct f4_map *map)
+{
+	uint64_t i;
+	errcode_t err;
+
+	for (i = 0; i < len; i++) {
+		blk64_t pblk = 0;
+
+		err = ext2fs_bmap2(f4->fs, ino, (struct ext2_inode *)inode,
+				   NULL, BMAP_ALLOC, lblk + i, NULL, &pblk);
+		if (err) {
+			if (i > 0)
+				break;
+			return f4_errno(err);
+		}
+		if (i == 0)
+			map->pblk = pblk;
+		else if (pblk != map->pblk + i)
+			break;
+	}
+	map->lblk = lblk;
+	map->len = i;
+	map->type = F4_MAP_MAPPED;
+	return 0;
+}
+
+/* Longest extents ext4 allows: 2^15 written, 2^15 - 1 unwritten. */
+#define F4_EXT_INIT_MAX		32768u
+#define F4_EXT_UNINIT_MAX	32767u
+
+/*
+ * Merge the extent holding lblk into its left neighbour when they are
+ * contiguous on disk and in the file, so that a file written in pieces
+ * keeps one extent per contiguous run (libext2fs allocates each piece as
+ * an extent of its own).
+ */
+static int f4_map_merge_left(struct f4fs *f4, ext2_ino_t ino,
+			     struct ext2_inode_large *inode, uint64_t lblk)
+{
+	ext2_extent_handle_t handle = NULL;
+	struct ext2fs_extent cur, prev;
+	unsigned int max;
+	errcode_t err;
+
+	err = ext2fs_extent_open2(f4->fs, ino, (struct ext2_inode *)inode,
+				  &handle);
+	if (err)
+		return f4_errno(err);
+	err = ext2fs_extent_goto2(handle, 0, lblk);
+	if (!err)
+		err = ext2fs_extent_get(handle, EXT2_EXTENT_CURRENT, &cur);
+	if (!err)
+		err = ext2fs_extent_get(handle, EXT2_EXTENT_PREV_SIB, &prev);
+	if (err) {
+		/* Nothing to merge with in this leaf. */
+		err = 0;
+		goto out;
+	}
+	max = (cur.e_flags & EXT2_EXTENT_FLAGS_UNINIT) ? F4_EXT_UNINIT_MAX :
+		F4_EXT_INIT_MAX;
+	if (prev.e_lblk + (uint64_t)prev.e_len != cur.e_lblk ||
+	    prev.e_pblk + prev.e_len != cur.e_pblk ||
+	    ((prev.e_flags ^ cur.e_flags) & EXT2_EXTENT_FLAGS_UNINIT) ||
+	    (uint64_t)prev.e_len + cur.e_len > max)
+		goto out;
+	prev.e_len += cur.e_len;
+	err = ext2fs_extent_replace(handle, 0, &prev);
+	if (!err)
+		err = ext2fs_extent_get(handle, EXT2_EXTENT_NEXT_SIB, &cur);
+	if (!err)
+		err = ext2fs_extent_delete(handle, 0);
+	if (!err)
+		err = ext2fs_extent_fix_parents(handle);
+out:
+	ext2fs_extent_free(handle);
+	return f4_errno(err);
+}
+
+/*
+ * Return the mapping of lblk.  With F4_MAP_WRITE a hole is allocated as
+ * written blocks (at most maxlen of them, near the file's other blocks)
+ * and the result is marked fresh: the caller must write every byte of
+ * those blocks, zeroes included, before anything flushes the metadata
+ * that points at them (see flush_barrier).  Unwritten extents are
+ * returned as they are; the caller converts them with f4_map_convert()
+ * once the data is on the device.
+ */
+int f4_map_begin(struct f4fs *f4, ext2_ino_t ino,
+		 struct ext2_inode_large *inode, uint64_t lblk,
+		 uint64_t maxlen, unsigned int flags, struct f4_map *map)
+{
+	errcode_t err;
+	int ret;
+
+	memset(map, 0, sizeof(*map));
+	if (maxlen == 0)
+		return EINVAL;
+	ret = f4_map_lookup(f4, ino, inode, lblk, maxlen, map);
+	if (ret || !(flags & F4_MAP_WRITE) || map->type != F4_MAP_HOLE)
+		return ret;
+
+	if (!(inode->i_flags & EXT4_EXTENTS_FL)) {
+		ret = f4_alloc_indirect(f4, ino, inode, lblk, map->len, map);
+		goto written;
+	}
+	err = ext2fs_fallocate(f4->fs, EXT2_FALLOCATE_FORCE_INIT, ino,
+			       (struct ext2_inode *)inode,
+			       ext2fs_find_inode_goal(f4->fs, ino,
+						      (struct ext2_inode *)inode,
+						      lblk),
+			       lblk, map->len);
+	if (err)
+		return f4_errno(err);
+	ret = f4_map_merge_left(f4, ino, inode, lblk);
+	if (ret == 0)
+		ret = f4_map_lookup(f4, ino, inode, lblk, map->len, map);
+	if (ret == 0 && map->type != F4_MAP_MAPPED)
+		ret = EUCLEAN;
+written:
+	if (ret == 0) {
+		map->type = F4_MAP_MAPPED;
+		ret = f4_write_inode(f4, ino, inode);
+	}
+	if (ret == 0)
+		map->fresh = true;
+	return ret;
+}
+
+/* Pieces shorter than this are converted block by block, which lets
+ * libext2fs merge them into their neighbours. */
+#define F4_CONVERT_SPLIT_MIN 64
+
+/*
+ * Mark [lblk, lblk+len) written where it lies in unwritten extents, after
+ * the data reached the device.
+ */
+int f4_map_convert(struct f4fs *f4, ext2_ino_t ino,
+		   struct ext2_inode_large *inode, uint64_t lblk, uint64_t len)
+{
+	ext2_extent_handle_t handle = NULL;
+	uint64_t cur = lblk, end = lblk + len;
+	errcode_t err = 0;
+	int ret = 0;
+
+	if (!(inode->i_flags & EXT4_EXTENTS_FL))
+		return 0;
+	err = ext2fs_extent_open2(f4->fs, ino, (struct ext2_inode *)inode,
+				  &handle);
+	if (err)
+		return f4_errno(err);
+	while (cur < end) {
+		struct ext2fs_extent e;
+		struct f4_map map;
+		uint64_t s, t, b;
+
+		err = ext2fs_extent_goto2(handle, 0, cur);
+		if (err == EXT2_ET_EXTENT_NOT_FOUND) {
+			ret = f4_map_extent(f4, ino, inode, cur, end - cur, &map);
+			if (ret)
+				goto out;
+			cur += map.len;
+			continue;
+		}
+		if (!err)
+			err = ext2fs_extent_get(handle, EXT2_EXTENT_CURRENT, &e);
+		if (err)
+			goto out;
+		s = cur;
+		t = e.e_lblk + (uint64_t)e.e_len < end ?
+			e.e_lblk + (uint64_t)e.e_len : end;
+		if (!(e.e_flags & EXT2_EXTENT_FLAGS_UNINIT)) {
+			cur = t;
+			continue;
+		}
+		if (s == e.e_lblk && t == e.e_lblk + (uint64_t)e.e_len) {
+			e.e_flags &= ~EXT2_EXTENT_FLAGS_UNINIT;
+			err = ext2fs_extent_replace(handle, 0, &e);
+		} else if (t - s < F4_CONVERT_SPLIT_MIN) {
+			for (b = s; b < t && !err; b++)
+				err = ext2fs_extent_set_bmap(handle, b,
+							     e.e_pblk + (b - e.e_lblk), 0);
+		} else {
+			struct ext2fs_extent left = e, mid = e, right = e;
+
+			left.e_len = (uint32_t)(s - e.e_lblk);
+			mid.e_lblk = s;
+			mid.e_pblk = e.e_pblk + (s - e.e_lblk);
+			mid.e_len = (uint32_t)(t - s);
+			mid.e_flags &= ~EXT2_EXTENT_FLAGS_UNINIT;
+			right.e_lblk = t;
+			right.e_pblk = e.e_pblk + (t - e.e_lblk);
+			right.e_len = (uint32_t)(e.e_lblk + e.e_len - t);
+			if (left.e_len) {
+				err = ext2fs_extent_replace(handle, 0, &left);
+				if (!err)
+					err = ext2fs_extent_insert(handle,
+						EXT2_EXTENT_INSERT_AFTER, &mid);
+			} else {
+				err = ext2fs_extent_replace(handle, 0, &mid);
+			}
+			if (!err && right.e_len)
+				err = ext2fs_extent_insert(handle,
+					EXT2_EXTENT_INSERT_AFTER, &right);
+		}
+		if (err)
+			goto out;
+		cur = t;
+	}
+out:
+	ext2fs_extent_free(handle);
+	if (err)
+		ret = f4_errno(err);
+	if (ret == 0)
+		ret = f4_write_inode(f4, ino, inode);
+	return ret;
+}
+
+/* Free the blocks [start, end] (inclusive; end ~0 means to the end). */
+int f4_map_punch(struct f4fs *f4, ext2_ino_t ino,
+		 struct ext2_inode_large *inode, uint64_t start, uint64_t end)
+{
+	errcode_t err;
+
+	if (!ext2fs_inode_has_valid_blocks2(f4->fs, (struct ext2_inode *)inode))
+		return 0;
+	err = ext2fs_punch(f4->fs, ino, (struct ext2_inode *)inode, NULL,
+			   start, end);
+	if (err)
+		return f4_errno(err);
+	return f4_write_inode(f4, ino, inode);
+}
+
+/* Allocate unwritten extents over the holes in [lblk, lblk+len). */
+int f4_map_prealloc(struct f4fs *f4, ext2_ino_t ino,
+		    struct ext2_inode_large *inode, uint64_t lblk, uint64_t len)
+{
+	errcode_t err;
+
+	if (!(inode->i_flags & EXT4_EXTENTS_FL))
+		return EOPNOTSUPP;
+	err = ext2fs_fallocate(f4->fs, EXT2_FALLOCATE_FORCE_UNINIT, ino,
+			       (struct ext2_inode *)inode,
+			       ext2fs_find_inode_goal(f4->fs, ino,
+						      (struct ext2_inode *)inode,
+						      lblk),
+			       lblk, len);
+	if (err)
+		return f4_errno(err);
+	return f4_write_inode(f4, ino, inode);
 }

@@ -11,16 +11,16 @@ static void f4_init(void *fs, struct fe_conn *conn)
 
 	conn->want = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES |
 		FUSE_DO_READDIRPLUS | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES |
-		FUSE_CACHE_SYMLINKS | FUSE_SETXATTR_EXT;
+		FUSE_CACHE_SYMLINKS | FUSE_SETXATTR_EXT | FUSE_INIT_EXT |
+		FUSE_DONT_MASK;
 	/* With POSIX ACLs on, the kernel evaluates them exactly as it does for
-	 * ext4, using the ACL xattrs this server returns. */
+	 * ext4, using the ACL xattrs this server returns; new inodes get
+	 * their inherited ACLs and umask here (DONT_MASK). */
 	if (f4->acl)
 		conn->want |= FUSE_POSIX_ACL;
-}
-
-static void f4_destroy(void *fs)
-{
-	(void)fs;
+	if (!f4->ro)
+		conn->want |= FUSE_WRITEBACK_CACHE;
+	conn->time_gran = f4->nsec_times ? 1 : 1000000000;
 }
 
 const struct fe_ops f4_ops = {
@@ -42,4 +42,24 @@ const struct fe_ops f4_ops = {
 	.access = f4_access,
 	.lseek = f4_lseek,
 	.statx = f4_statx,
+	.setattr = f4_setattr,
+	.mknod = f4_mknod,
+	.mkdir = f4_mkdir,
+	.symlink = f4_symlink,
+	.create = f4_create,
+	.tmpfile = f4_tmpfile,
+	.link = f4_link,
+	.unlink = f4_unlink,
+	.rmdir = f4_rmdir,
+	.rename = f4_rename,
+	.write = f4_write,
+	.flush = f4_flush_op,
+	.fsync = f4_fsync,
+	.fsyncdir = f4_fsyncdir,
+	.fallocate = f4_fallocate,
+	.setxattr = f4_setxattr,
+	.removexattr = f4_removexattr,
+	.syncfs = f4_syncfs,
+	/* No copy_file_range: ENOSYS lets the kernel copy through the page
+	 * cache, which is as fast as anything this server could do. */
 };

@@ -25,6 +25,8 @@ enum {
 	KEY_NORECOVERY,
 	KEY_ACL,
 	KEY_NOACL,
+	KEY_SYNC_UNMOUNT,
+	KEY_NOSYNC_UNMOUNT,
 };
 
 struct f4_optparse {
@@ -59,6 +61,8 @@ static const struct fuse_opt f4_opt_spec[] = {
 	FUSE_OPT_KEY("noload", KEY_NORECOVERY),
 	FUSE_OPT_KEY("acl", KEY_ACL),
 	FUSE_OPT_KEY("noacl", KEY_NOACL),
+	FUSE_OPT_KEY("sync_unmount", KEY_SYNC_UNMOUNT),
+	FUSE_OPT_KEY("nosync_unmount", KEY_NOSYNC_UNMOUNT),
 	FUSE_OPT_END
 };
 
@@ -75,12 +79,17 @@ void f4_usage(FILE *out)
 "  -V, --version      show the version and exit\n"
 "\n"
 "Filesystem options (-o):\n"
-"  ro                 read-only; nothing is written to the device (default)\n"
+"  rw                 read-write (default)\n"
+"  ro                 read-only; nothing at all is written to the device\n"
 "  norecovery         serve a filesystem whose journal needs recovery as it\n"
 "                     is on disk, without replaying the journal\n"
 "  offset=BYTES       the filesystem starts BYTES into the device or image\n"
 "  threads=N          number of worker threads (default 4)\n"
 "  acl | noacl        expose and enforce POSIX ACLs (default acl)\n"
+"  nosync_unmount     do not make umount wait for the write-back (by default\n"
+"                     a read-write mount by root is a fuseblk mount, over a\n"
+"                     loop device for image files, so that when umount\n"
+"                     returns everything is on disk and marked clean)\n"
 "  fsname=NAME        source name shown in /proc/mounts (default DEVICE)\n"
 "  subtype=NAME       fuse.NAME in /proc/mounts (default fuse4fs)\n"
 "\n"
@@ -133,11 +142,15 @@ static int f4_opt_proc(void *data, const char *arg, int key,
 		return 0;
 	case KEY_RO:
 		opts->ro = true;
-		opts->rw_requested = false;
 		return 0;
 	case KEY_RW:
-		opts->rw_requested = true;
 		opts->ro = false;
+		return 0;
+	case KEY_SYNC_UNMOUNT:
+		opts->nosync_unmount = false;
+		return 0;
+	case KEY_NOSYNC_UNMOUNT:
+		opts->nosync_unmount = true;
 		return 0;
 	case KEY_NORECOVERY:
 		opts->norecovery = true;
@@ -163,7 +176,6 @@ int f4_parse_options(int argc, char **argv, struct f4_options *opts)
 	int ret = -1;
 
 	opts->acl = true;
-	opts->ro = true;
 	if (fuse_opt_parse(&args, &p, f4_opt_spec, f4_opt_proc) == -1)
 		goto out;
 	if (p.help) {
