@@ -198,6 +198,7 @@ struct f4_match {
 	const char *name;
 	size_t namelen;
 	ext2_ino_t ino;
+	uint64_t lblk;		/* block holding the match */
 };
 
 static int f4_match_fn(void *priv, ext2_ino_t ino, const char *name,
@@ -229,7 +230,9 @@ static int f4_search_block(struct f4fs *f4, ext2_ino_t dir,
 		return ret;
 	f4_walk_region(f4, buf, f4->blocksize, 0, 0, 0, f4_match_fn, m,
 		       &corrupt);
-	if (!m->ino && corrupt)
+	if (m->ino)
+		m->lblk = lblk;
+	else if (corrupt)
 		return EUCLEAN;
 	return 0;
 }
@@ -353,11 +356,14 @@ static int f4_dx_lookup(struct f4fs *f4, ext2_ino_t dir,
 	}
 }
 
+/* Find name in dir; *where (if given) gets the block holding it, or
+ * UINT64_MAX for inline directories. */
 int f4_dir_lookup(struct f4fs *f4, ext2_ino_t dir,
 		  const struct ext2_inode_large *inode, const char *name,
-		  size_t namelen, ext2_ino_t *found)
+		  size_t namelen, ext2_ino_t *found, uint64_t *where)
 {
-	struct f4_match m = { .name = name, .namelen = namelen };
+	struct f4_match m = { .name = name, .namelen = namelen,
+			      .lblk = UINT64_MAX };
 	uint64_t nblocks, lblk;
 	char *buf = NULL;
 	int ret;
@@ -397,6 +403,8 @@ out:
 	if (ret == 0 && !m.ino)
 		ret = ENOENT;
 	*found = m.ino;
+	if (where)
+		*where = m.lblk;
 	return ret;
 }
 
@@ -557,20 +565,85 @@ int f4_dir_add(struct f4fs *f4, ext2_ino_t dir, const char *name,
 		return ret;
 	if (inode.i_flags & EXT2_INDEX_FL)
 		return ENOSPC;
+	/* A directory outgrowing its first block gets an index, as on ext4;
+	 * if it cannot have one it grows linearly. */
+	if (ext2fs_has_feature_dir_index(f4->fs->super) &&
+	    !(inode.i_flags & EXT4_INLINE_DATA_FL) &&
+	    f4_inode_size(&inode) == f4->blocksize &&
+	    f4_dx_index_dir(f4, dir) == 0)
+		return f4_errno(ext2fs_link(f4->fs, dir, name, ino, ftype));
 	err = ext2fs_expand_dir(f4->fs, dir);
 	if (!err)
 		err = ext2fs_link(f4->fs, dir, name, ino, ftype);
 	return f4_errno(err);
 }
 
+/*
+ * Remove name from dir.  The entry is found through the index where there
+ * is one, and dropped from its block by folding it into the entry before
+ * it (or clearing it when it comes first), as ext4 does.
+ */
 int f4_dir_remove(struct f4fs *f4, ext2_ino_t dir, const char *name)
 {
-	errcode_t err = ext2fs_unlink(f4->fs, dir, name, 0, 0);
+	struct ext2_inode_large inode;
+	size_t namelen = strlen(name);
+	unsigned int off = 0, prev = UINT32_MAX;
+	uint64_t lblk;
+	ext2_ino_t ino;
+	blk64_t pblk;
+	char *buf;
+	errcode_t err;
+	int ret;
 
-	/* libext2fs says "no space" when it did not find the name. */
-	if (err == EXT2_ET_DIR_NO_SPACE)
-		return ENOENT;
-	return f4_errno(err);
+	ret = f4_read_inode(f4, dir, &inode);
+	if (ret)
+		return ret;
+	if (inode.i_flags & EXT4_INLINE_DATA_FL) {
+		err = ext2fs_unlink(f4->fs, dir, name, 0, 0);
+		/* libext2fs says "no space" when it did not find the name. */
+		return err == EXT2_ET_DIR_NO_SPACE ? ENOENT : f4_errno(err);
+	}
+	ret = f4_dir_lookup(f4, dir, &inode, name, namelen, &ino, &lblk);
+	if (ret)
+		return ret;
+	buf = malloc(f4->blocksize);
+	if (!buf)
+		return ENOMEM;
+	ret = f4_read_dir_block(f4, dir, &inode, lblk, buf, &pblk);
+	if (ret == 0 && pblk == 0)
+		ret = EUCLEAN;
+	while (ret == 0) {
+		struct f4_dirent_view v;
+
+		if (off >= f4->blocksize ||
+		    !f4_dirent_ok(f4, buf, f4->blocksize, off, &v)) {
+			ret = EUCLEAN;
+			break;
+		}
+		if (v.ino && v.namelen == namelen &&
+		    memcmp(v.name, name, namelen) == 0) {
+			struct ext2_dir_entry *d =
+				(struct ext2_dir_entry *)(buf + off);
+
+			if (prev != UINT32_MAX) {
+				struct ext2_dir_entry *p =
+					(struct ext2_dir_entry *)(buf + prev);
+				unsigned int plen;
+
+				ext2fs_get_rec_len(f4->fs, p, &plen);
+				ext2fs_set_rec_len(f4->fs, plen + v.rec_len, p);
+			} else {
+				d->inode = 0;
+			}
+			ret = f4_errno(ext2fs_write_dir_block4(f4->fs, pblk, buf,
+							       0, dir));
+			break;
+		}
+		prev = off;
+		off += v.rec_len;
+	}
+	free(buf);
+	return ret;
 }
 
 struct f4_retarget {

@@ -192,7 +192,8 @@ int f4_dir_iterate(struct f4fs *f4, ext2_ino_t dir,
 		   f4_dirent_fn fn, void *priv);
 int f4_dir_lookup(struct f4fs *f4, ext2_ino_t dir,
 		  const struct ext2_inode_large *inode, const char *name,
-		  size_t namelen, ext2_ino_t *found);
+		  size_t namelen, ext2_ino_t *found, uint64_t *where);
+int f4_dx_index_dir(struct f4fs *f4, ext2_ino_t dir);
 int f4_dir_add(struct f4fs *f4, ext2_ino_t dir, const char *name,
 	       ext2_ino_t ino, uint16_t mode);
 int f4_dir_remove(struct f4fs *f4, ext2_ino_t dir, const char *name);

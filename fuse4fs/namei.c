@@ -30,7 +30,7 @@ void f4_lookup(struct fe_req *req, uint64_t parent, const char *name)
 		ret = ENOTDIR;
 		goto out;
 	}
-	ret = f4_dir_lookup(f4, dir, &dir_inode, name, namelen, &ino);
+	ret = f4_dir_lookup(f4, dir, &dir_inode, name, namelen, &ino, NULL);
 	if (ret == 0) {
 		ret = f4_read_inode(f4, ino, &inode);
 		/* An entry pointing at a free inode is damage, as the kernel
@@ -192,7 +192,7 @@ static int f4_make_node(struct fe_req *req, uint64_t parent, const char *name,
 	if (dinode.i_flags & EXT2_IMMUTABLE_FL)
 		return EPERM;
 	if (!spec->unnamed) {
-		ret = f4_dir_lookup(f4, dir, &dinode, name, strlen(name), &found);
+		ret = f4_dir_lookup(f4, dir, &dinode, name, strlen(name), &found, NULL);
 		if (ret == 0)
 			return EEXIST;
 		if (ret != ENOENT)
@@ -416,7 +416,7 @@ void f4_link(struct fe_req *req, uint64_t oldnodeid, uint64_t newparent,
 	ret = f4_get_parent(f4, newparent, &dir, &dinode);
 	if (ret)
 		goto out;
-	ret = f4_dir_lookup(f4, dir, &dinode, newname, strlen(newname), &found);
+	ret = f4_dir_lookup(f4, dir, &dinode, newname, strlen(newname), &found, NULL);
 	if (ret == 0)
 		ret = EEXIST;
 	if (ret != ENOENT)
@@ -475,7 +475,7 @@ static int f4_remove_name(struct fe_req *req, uint64_t parent,
 		return ret;
 	if (dinode.i_flags & (EXT2_IMMUTABLE_FL | EXT2_APPEND_FL))
 		return EPERM;
-	ret = f4_dir_lookup(f4, dir, &dinode, name, strlen(name), &ino);
+	ret = f4_dir_lookup(f4, dir, &dinode, name, strlen(name), &ino, NULL);
 	if (ret)
 		return ret;
 	ret = f4_read_inode(f4, ino, &inode);
@@ -553,7 +553,7 @@ static int f4_check_loop(struct f4fs *f4, ext2_ino_t moved, ext2_ino_t target)
 			return EUCLEAN;
 		ret = f4_read_inode(f4, cur, &inode);
 		if (ret == 0)
-			ret = f4_dir_lookup(f4, cur, &inode, "..", 2, &up);
+			ret = f4_dir_lookup(f4, cur, &inode, "..", 2, &up, NULL);
 		if (ret)
 			return ret == ENOENT ? EUCLEAN : ret;
 		cur = up;
@@ -608,7 +608,7 @@ static int f4_do_rename(struct fe_req *req, uint64_t parent, const char *name,
 	if ((pinode.i_flags | npinode.i_flags) &
 	    (EXT2_IMMUTABLE_FL | EXT2_APPEND_FL))
 		return EPERM;
-	ret = f4_dir_lookup(f4, pdir, &pinode, name, strlen(name), &sino);
+	ret = f4_dir_lookup(f4, pdir, &pinode, name, strlen(name), &sino, NULL);
 	if (ret == 0)
 		ret = f4_read_inode(f4, sino, &sinode);
 	if (ret)
@@ -617,7 +617,7 @@ static int f4_do_rename(struct fe_req *req, uint64_t parent, const char *name,
 		return EPERM;
 	sdir = LINUX_S_ISDIR(sinode.i_mode);
 	ret = f4_dir_lookup(f4, npdir, &npinode, newname, strlen(newname),
-			    &dino);
+			    &dino, NULL);
 	if (ret == 0)
 		ret = f4_read_inode(f4, dino, &dinode);
 	if (ret == ENOENT)
