@@ -310,6 +310,11 @@ void *fe_req_fs(const struct fe_req *req)
 	return req->se->fs;
 }
 
+bool fe_req_interrupted(const struct fe_req *req)
+{
+	return __atomic_load_n(&req->interrupted, __ATOMIC_ACQUIRE) != 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* Sending                                                             */
 /* ------------------------------------------------------------------ */

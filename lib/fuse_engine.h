@@ -7,7 +7,9 @@
  * receive the request's fixed argument struct (already length-checked) and
  * any trailing names (already checked to be NUL-terminated inside the
  * request).  Every operation must answer its request exactly once with one
- * of the fe_reply_*() calls, except forget, which never replies.
+ * of the fe_reply_*() calls before returning (the engine answers EIO for
+ * an operation that returns without replying), except forget, which
+ * never replies.
  *
  * Node ids are passed through untranslated; the root is FUSE_ROOT_ID (1).
  */
@@ -24,7 +26,7 @@
 
 struct fe_session;
 
-/* One request in flight.  Valid until the operation replies. */
+/* One request in flight, valid while its operation runs. */
 struct fe_req {
 	struct fe_session *se;
 	uint64_t unique;
@@ -34,7 +36,7 @@ struct fe_req {
 	uint32_t gid;
 	uint32_t pid;
 	int fd;			/* channel the reply goes to */
-	volatile int interrupted;	/* set when the kernel sent INTERRUPT */
+	int interrupted;	/* read with fe_req_interrupted() */
 	/* Supplementary groups sent with create-type ops, if negotiated. */
 	uint32_t ngroups;
 	const uint32_t *groups;
@@ -105,7 +107,8 @@ struct fe_ops {
 			const struct fuse_release_in *arg);
 	void (*fsync)(struct fe_req *req, uint64_t nodeid,
 		      const struct fuse_fsync_in *arg);
-	/* `flags` is 0 when SETXATTR_EXT was not negotiated. */
+	/* `flags` are XATTR_CREATE/XATTR_REPLACE; `setxattr_flags` is 0
+	 * when SETXATTR_EXT was not negotiated. */
 	void (*setxattr)(struct fe_req *req, uint64_t nodeid, const char *name,
 			 const void *value, uint32_t size, uint32_t flags,
 			 uint32_t setxattr_flags);
@@ -161,7 +164,8 @@ void fe_session_free(struct fe_session *se);
  * Serve the channel `fd` (an open /dev/fuse, or a SOCK_SEQPACKET socket
  * standing in for one) until the connection ends: the filesystem is
  * unmounted (ENODEV), the peer closes the channel, DESTROY was answered, or
- * fe_session_stop() was called.  Each extra worker thread reads its own
+ * fe_session_stop() was called.  The engine uses SIGUSR1 to wake its
+ * workers while serving.  Each extra worker thread reads its own
  * clone of the channel (FUSE_DEV_IOC_CLONE) where the channel supports it,
  * and shares `fd` otherwise.  Returns 0 or a negative errno.
  */
@@ -171,9 +175,11 @@ int fe_session_serve(struct fe_session *se, int fd);
  * from any thread (not from a signal handler). */
 void fe_session_stop(struct fe_session *se);
 
-/* True once INIT was answered; the agreed parameters. */
+/* The agreed parameters, or NULL before INIT was answered. */
 const struct fe_conn *fe_session_conn(const struct fe_session *se);
 void *fe_req_fs(const struct fe_req *req);
+/* True once the kernel sent INTERRUPT for this request. */
+bool fe_req_interrupted(const struct fe_req *req);
 
 /* Replies.  `err` is a positive errno; each returns 0 or a negative errno
  * from writing the reply (which the operation may ignore). */

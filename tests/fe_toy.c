@@ -146,7 +146,7 @@ static void toy_getattr(struct fe_req *req, uint64_t nodeid,
 
 		/* Another worker sets the flag; read it atomically. */
 		for (i = 0; i < 500 && !intr; i++) {
-			intr = __atomic_load_n(&req->interrupted, __ATOMIC_ACQUIRE);
+			intr = fe_req_interrupted(req);
 			if (!intr)
 				usleep(10000);
 		}
