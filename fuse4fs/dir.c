@@ -738,7 +738,8 @@ int f4_dir_make(struct f4fs *f4, ext2_ino_t ino,
 	err = ext2fs_new_dir_block(f4->fs, ino, parent, &block);
 	if (err)
 		return f4_errno(err);
-	ret = f4_map_begin(f4, ino, inode, 0, 1, F4_MAP_WRITE, &map);
+	ret = f4_map_begin(f4, ino, inode, 0, 1, F4_MAP_WRITE | F4_MAP_ROOT,
+			   &map);
 	if (ret)
 		goto out;
 	err = ext2fs_write_dir_block4(f4->fs, map.pblk, block, 0, ino);

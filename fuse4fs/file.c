@@ -477,7 +477,8 @@ static int f4_uninline(struct f4fs *f4, ext2_ino_t ino,
 		goto out;
 	}
 	memcpy(block, data, size < f4->blocksize ? size : f4->blocksize);
-	ret = f4_map_begin(f4, ino, inode, 0, 1, F4_MAP_WRITE, &map);
+	ret = f4_map_begin(f4, ino, inode, 0, 1, F4_MAP_WRITE | F4_MAP_ROOT,
+			   &map);
 	if (ret == 0)
 		ret = f4_pwrite_full(f4->devfd, block, f4->blocksize,
 				     f4_dev_offset(f4, map.pblk));
@@ -527,6 +528,7 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 	uint64_t pos = arg->offset, end, max;
 	size_t len = arg->size, done = 0;
 	ext2_ino_t ino;
+	bool root;
 	int ret;
 
 	if (f4->ro) {
@@ -534,6 +536,7 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 		return;
 	}
 	f4_lock(f4);
+	root = f4_req_privileged(f4, req);
 	ret = f4_iget(f4, nodeid, &ino, &inode);
 	if (ret == 0 && !LINUX_S_ISREG(inode.i_mode))
 		ret = EINVAL;
@@ -578,7 +581,7 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 		size_t chunk;
 
 		ret = f4_map_begin(f4, ino, &inode, lblk, last - lblk + 1,
-				   F4_MAP_WRITE, &map);
+				   F4_MAP_WRITE | (root ? F4_MAP_ROOT : 0), &map);
 		if (ret)
 			break;
 		chunk = (map.len << f4->blockbits) -
@@ -704,6 +707,7 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 	struct ext2_inode_large inode;
 	uint32_t mode = arg->mode;
 	uint64_t start = arg->offset, end, first, last_excl;
+	unsigned int mapflags;
 	uint64_t bs;
 	ext2_ino_t ino;
 	int ret;
@@ -733,6 +737,7 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 	pthread_rwlock_wrlock(&fh->ip->iolock);
 	pthread_rwlock_rdlock(&f4->flush_barrier);
 	f4_lock(f4);
+	mapflags = f4_req_privileged(f4, req) ? F4_MAP_ROOT : 0;
 	ret = f4_iget(f4, nodeid, &ino, &inode);
 	if (ret)
 		goto out;
@@ -780,11 +785,11 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 		if (ret == 0 && (mode & F4_FALLOC_ZERO_RANGE) &&
 		    first < last_excl)
 			ret = f4_map_prealloc(f4, ino, &inode, first,
-					      last_excl - first);
+					      last_excl - first, mapflags);
 	} else {
 		ret = f4_map_prealloc(f4, ino, &inode, start >> f4->blockbits,
 				      ((end + bs - 1) >> f4->blockbits) -
-				      (start >> f4->blockbits));
+				      (start >> f4->blockbits), mapflags);
 	}
 	if (ret)
 		goto out;

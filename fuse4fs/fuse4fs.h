@@ -31,6 +31,7 @@ struct f4_options {
 	bool ro;
 	bool norecovery;
 	bool nosync_unmount;
+	bool writeback_cache;
 	bool acl;
 	bool foreground;
 	bool debug;
@@ -251,6 +252,7 @@ struct f4_map {
 
 #define F4_MAP_READ	0u	/* look up only */
 #define F4_MAP_WRITE	1u	/* allocate holes; the caller writes the data */
+#define F4_MAP_ROOT	2u	/* the caller may use the root-reserved blocks */
 
 int f4_map_begin(struct f4fs *f4, ext2_ino_t ino,
 		 struct ext2_inode_large *inode, uint64_t lblk,
@@ -263,9 +265,11 @@ int f4_map_punch(struct f4fs *f4, ext2_ino_t ino,
 		 uint64_t end);
 int f4_map_prealloc(struct f4fs *f4, ext2_ino_t ino,
 		    struct ext2_inode_large *inode, uint64_t lblk,
-		    uint64_t len);
+		    uint64_t len, unsigned int flags);
 uint64_t f4_max_file_size(struct f4fs *f4,
 			  const struct ext2_inode_large *inode);
+int f4_check_space(struct f4fs *f4, uint64_t nblocks, bool root);
+bool f4_req_privileged(struct f4fs *f4, const struct fe_req *req);
 
 /* file.c */
 void f4_open(struct fe_req *req, uint64_t nodeid,

@@ -129,7 +129,8 @@ static int f4_dx_write(struct f4fs *f4, ext2_ino_t dir,
 			return f4_errno(err);
 	}
 	if (!pblk) {
-		ret = f4_map_begin(f4, dir, inode, lblk, 1, F4_MAP_WRITE, &map);
+		ret = f4_map_begin(f4, dir, inode, lblk, 1, F4_MAP_WRITE | F4_MAP_ROOT,
+				   &map);
 		if (ret)
 			return ret;
 		pblk = map.pblk;

@@ -174,6 +174,38 @@ uint64_t f4_max_file_size(struct f4fs *f4, const struct ext2_inode_large *inode)
 	return res < limit ? res : limit;
 }
 
+/*
+ * The space rule of ext4: everyone leaves 2% (at most 4096 clusters) for
+ * extent-tree work on extent filesystems, and only privileged callers may
+ * use the root-reserved blocks.  libext2fs itself would hand out every
+ * last block.
+ */
+int f4_check_space(struct f4fs *f4, uint64_t nblocks, bool root)
+{
+	struct ext2_super_block *sb = f4->fs->super;
+	uint64_t free = ext2fs_free_blocks_count(sb), resv = 0;
+
+	if (ext2fs_has_feature_extents(sb)) {
+		resv = EXT2FS_NUM_B2C(f4->fs, ext2fs_blocks_count(sb)) / 50;
+		if (resv > 4096)
+			resv = 4096;
+		resv = EXT2FS_C2B(f4->fs, resv);
+	}
+	if (!root)
+		resv += ext2fs_r_blocks_count(sb);
+	return free >= resv + nblocks ? 0 : ENOSPC;
+}
+
+/* Who may use the root-reserved blocks: root, or the configured user or
+ * group. */
+bool f4_req_privileged(struct f4fs *f4, const struct fe_req *req)
+{
+	struct ext2_super_block *sb = f4->fs->super;
+
+	return req->uid == 0 || req->uid == sb->s_def_resuid ||
+		(sb->s_def_resgid != 0 && req->gid == sb->s_def_resgid);
+}
+
 /* Allocate blocks for a hole in an indirect-mapped file, one at a time as
  * the indirect scheme requires, and report the run that was allocated. */
 static int f4_alloc_indirect(struct f4fs *f4, ext2_ino_t ino,
@@ -277,6 +309,9 @@ int f4_map_begin(struct f4fs *f4, ext2_ino_t ino,
 		return EINVAL;
 	ret = f4_map_lookup(f4, ino, inode, lblk, maxlen, map);
 	if (ret || !(flags & F4_MAP_WRITE) || map->type != F4_MAP_HOLE)
+		return ret;
+	ret = f4_check_space(f4, map->len, flags & F4_MAP_ROOT);
+	if (ret)
 		return ret;
 
 	if (!(inode->i_flags & EXT4_EXTENTS_FL)) {
@@ -412,12 +447,19 @@ int f4_map_punch(struct f4fs *f4, ext2_ino_t ino,
 
 /* Allocate unwritten extents over the holes in [lblk, lblk+len). */
 int f4_map_prealloc(struct f4fs *f4, ext2_ino_t ino,
-		    struct ext2_inode_large *inode, uint64_t lblk, uint64_t len)
+		    struct ext2_inode_large *inode, uint64_t lblk, uint64_t len,
+		    unsigned int flags)
 {
 	errcode_t err;
+	int ret;
 
 	if (!(inode->i_flags & EXT4_EXTENTS_FL))
 		return EOPNOTSUPP;
+	/* Counting blocks already mapped in the range would be exact; the
+	 * whole range is a safe upper bound for the check. */
+	ret = f4_check_space(f4, len, flags & F4_MAP_ROOT);
+	if (ret)
+		return ret;
 	err = ext2fs_fallocate(f4->fs, EXT2_FALLOCATE_FORCE_UNINIT, ino,
 			       (struct ext2_inode *)inode,
 			       ext2fs_find_inode_goal(f4->fs, ino,

@@ -135,7 +135,8 @@ static int f4_write_symlink(struct f4fs *f4, ext2_ino_t ino,
 	}
 	if (ext2fs_has_feature_extents(f4->fs->super))
 		f4_init_extent_header(inode);
-	ret = f4_map_begin(f4, ino, inode, 0, 1, F4_MAP_WRITE, &map);
+	ret = f4_map_begin(f4, ino, inode, 0, 1, F4_MAP_WRITE | F4_MAP_ROOT,
+			   &map);
 	if (ret)
 		return ret;
 	block = calloc(1, f4->blocksize);

@@ -18,7 +18,9 @@ static void f4_init(void *fs, struct fe_conn *conn)
 	 * their inherited ACLs and umask here (DONT_MASK). */
 	if (f4->acl)
 		conn->want |= FUSE_POSIX_ACL;
-	if (!f4->ro)
+	/* Off by default: with it, ENOSPC and I/O errors reach the writer
+	 * only at fsync or close, not from write(2) as on ext4. */
+	if (!f4->ro && f4->opts.writeback_cache)
 		conn->want |= FUSE_WRITEBACK_CACHE;
 	conn->time_gran = f4->nsec_times ? 1 : 1000000000;
 }

@@ -27,6 +27,7 @@ enum {
 	KEY_NOACL,
 	KEY_SYNC_UNMOUNT,
 	KEY_NOSYNC_UNMOUNT,
+	KEY_WRITEBACK_CACHE,
 };
 
 struct f4_optparse {
@@ -63,6 +64,7 @@ static const struct fuse_opt f4_opt_spec[] = {
 	FUSE_OPT_KEY("noacl", KEY_NOACL),
 	FUSE_OPT_KEY("sync_unmount", KEY_SYNC_UNMOUNT),
 	FUSE_OPT_KEY("nosync_unmount", KEY_NOSYNC_UNMOUNT),
+	FUSE_OPT_KEY("writeback_cache", KEY_WRITEBACK_CACHE),
 	FUSE_OPT_END
 };
 
@@ -90,6 +92,8 @@ void f4_usage(FILE *out)
 "                     a read-write mount by root is a fuseblk mount, over a\n"
 "                     loop device for image files, so that when umount\n"
 "                     returns everything is on disk and marked clean)\n"
+"  writeback_cache    let the kernel cache writes (faster small writes, but\n"
+"                     ENOSPC and I/O errors then surface at fsync/close)\n"
 "  fsname=NAME        source name shown in /proc/mounts (default DEVICE)\n"
 "  subtype=NAME       fuse.NAME in /proc/mounts (default fuse4fs)\n"
 "\n"
@@ -151,6 +155,9 @@ static int f4_opt_proc(void *data, const char *arg, int key,
 		return 0;
 	case KEY_NOSYNC_UNMOUNT:
 		opts->nosync_unmount = true;
+		return 0;
+	case KEY_WRITEBACK_CACHE:
+		opts->writeback_cache = true;
 		return 0;
 	case KEY_NORECOVERY:
 		opts->norecovery = true;
