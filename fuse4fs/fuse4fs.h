@@ -19,6 +19,12 @@
 
 #define F4_PROGNAME "fuse4fs"
 
+enum f4_iomap_mode {
+	F4_IOMAP_AUTO,
+	F4_IOMAP_ON,
+	F4_IOMAP_OFF,
+};
+
 /* What the user asked for on the command line. */
 struct f4_options {
 	const char *device;	/* image file or block device */
@@ -32,6 +38,7 @@ struct f4_options {
 	bool norecovery;
 	bool nosync_unmount;
 	bool writeback_cache;
+	enum f4_iomap_mode iomap;
 	bool acl;
 	bool foreground;
 	bool debug;
@@ -63,6 +70,14 @@ struct f4fs {
 	 */
 	pthread_rwlock_t flush_barrier;
 	struct f4_itable *itable;
+	/* iomap: the kernel moves file data itself (iomap.c) */
+	bool iomap_wanted;	/* probed and prepared before mounting */
+	bool iomap;		/* agreed in INIT */
+	int iomap_fd;		/* the block device registered for mappings */
+	uint32_t iomap_dev;	/* its backing id */
+	uint64_t iomap_addr_offset; /* device address of filesystem byte 0 */
+	char iomap_loop[64];	/* loop device over an image, if any */
+	bool shutdown;		/* after SHUTDOWN_FS every request fails */
 	struct f4_options opts;
 	struct fe_session *se;
 };
@@ -312,6 +327,26 @@ void f4_removexattr(struct fe_req *req, uint64_t nodeid, const char *name);
 int f4_acl_inherit(struct f4fs *f4, ext2_ino_t dir, ext2_ino_t ino,
 		   struct ext2_inode_large *inode, uint32_t umask);
 int f4_acl_chmod(struct f4fs *f4, ext2_ino_t ino, uint16_t mode);
+
+/* iomap.c */
+int f4_iomap_prepare(struct f4fs *f4, int fusefd);
+void f4_iomap_release(struct f4fs *f4);
+uint32_t f4_iomap_attr_flags(struct f4fs *f4,
+			     const struct ext2_inode_large *inode);
+void f4_iomap_statx(struct f4fs *f4, struct fuse_statx *sx);
+void f4_iomap_config(struct fe_req *req,
+		     const struct fuse_iomap_config_in *arg);
+void f4_iomap_begin(struct fe_req *req, uint64_t nodeid,
+		    const struct fuse_iomap_begin_in *arg);
+void f4_iomap_end(struct fe_req *req, uint64_t nodeid,
+		  const struct fuse_iomap_end_in *arg);
+void f4_iomap_ioend(struct fe_req *req, uint64_t nodeid,
+		    const struct fuse_iomap_ioend_in *arg);
+void f4_freezefs(struct fe_req *req, uint64_t nodeid,
+		 const struct fuse_freezefs_in *arg);
+void f4_unfreezefs(struct fe_req *req, uint64_t nodeid);
+void f4_shutdownfs(struct fe_req *req, uint64_t nodeid,
+		   const struct fuse_shutdownfs_in *arg);
 
 /* ops.c */
 extern const struct fe_ops f4_ops;

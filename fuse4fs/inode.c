@@ -68,6 +68,8 @@ int f4_iget(struct f4fs *f4, uint64_t nodeid, ext2_ino_t *ino,
 {
 	int ret;
 
+	if (__atomic_load_n(&f4->shutdown, __ATOMIC_ACQUIRE))
+		return EIO;
 	ret = f4_check_nodeid(f4, nodeid, ino);
 	if (ret)
 		return ret;
@@ -149,6 +151,8 @@ void f4_fill_attr(struct f4fs *f4, ext2_ino_t ino,
 	if (LINUX_S_ISCHR(inode->i_mode) || LINUX_S_ISBLK(inode->i_mode))
 		attr->rdev = f4_rdev(inode);
 	attr->blksize = f4->blocksize;
+	if (f4->iomap)
+		attr->flags = f4_iomap_attr_flags(f4, inode);
 }
 
 static void f4_split_timeout(double t, uint64_t *sec, uint32_t *nsec)
@@ -279,6 +283,7 @@ void f4_statx(struct fe_req *req, uint64_t nodeid,
 		sx->attributes |= F4_STATX_ATTR_ENCRYPTED;
 	if (inode.i_flags & EXT4_VERITY_FL)
 		sx->attributes |= F4_STATX_ATTR_VERITY;
+	f4_iomap_statx(f4, sx);
 out:
 	f4_unlock(f4);
 	if (ret)

@@ -7,6 +7,7 @@
  */
 #include "config.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -124,6 +125,8 @@ static const char *f4_pick_blkdev(struct f4fs *f4, char *loopname,
 		return NULL;
 	if (S_ISBLK(st.st_mode))
 		return f4->opts.offset ? NULL : f4->opts.device;
+	if (f4->iomap_loop[0] && !f4->opts.offset)
+		return f4->iomap_loop;
 	ret = f4_loop_attach(f4->opts.device, false, 0, loopname, len, loopfd);
 	if (ret) {
 		f4_log("no loop device for %s (%s): umount will not wait for "
@@ -132,6 +135,24 @@ static const char *f4_pick_blkdev(struct f4fs *f4, char *loopname,
 		return NULL;
 	}
 	return loopname;
+}
+
+/* Probe for iomap on the channel we will serve, or on a fresh /dev/fuse
+ * when libfuse will open the channel at mount time. */
+static int f4_probe_iomap(struct f4fs *f4)
+{
+	const char *mnt = f4->opts.mountpoint;
+	int fd, ret;
+
+	if (f4->opts.iomap == F4_IOMAP_OFF)
+		return 0;
+	if (f4_is_dev_fd(mnt))
+		return f4_iomap_prepare(f4, atoi(mnt + 8));
+	fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+	ret = f4_iomap_prepare(f4, fd);
+	if (fd >= 0)
+		close(fd);
+	return ret;
 }
 
 static void *f4_signal_thread(void *arg)
@@ -151,7 +172,7 @@ static void *f4_signal_thread(void *arg)
 int main(int argc, char **argv)
 {
 	static const struct fuse_lowlevel_ops no_ops;
-	struct f4fs f4 = { .devfd = -1 };
+	struct f4fs f4 = { .devfd = -1, .iomap_fd = -1 };
 	struct fuse_args fargs = FUSE_ARGS_INIT(0, NULL);
 	struct fuse_session *fuse = NULL;
 	struct fe_config cfg = { 0 };
@@ -176,6 +197,8 @@ int main(int argc, char **argv)
 	}
 
 	if (f4_open_fs(&f4))
+		goto out;
+	if (f4_probe_iomap(&f4))
 		goto out;
 
 	blkdev = f4_pick_blkdev(&f4, loopname, sizeof(loopname), &loopfd);
@@ -247,6 +270,7 @@ out:
 	if (f4.se)
 		fe_session_free(f4.se);
 	f4_close_fs(&f4);
+	f4_iomap_release(&f4);
 	f4_itable_free(&f4);
 	free(mo);
 	fuse_opt_free_args(&fargs);

@@ -23,6 +23,17 @@ static void f4_init(void *fs, struct fe_conn *conn)
 	if (!f4->ro && f4->opts.writeback_cache)
 		conn->want |= FUSE_WRITEBACK_CACHE;
 	conn->time_gran = f4->nsec_times ? 1 : 1000000000;
+	if (f4->iomap_wanted) {
+		if (conn->kernel_flags & FUSE_IOMAP) {
+			conn->want |= FUSE_IOMAP;
+			f4->iomap = true;
+		} else {
+			/* The probe said yes but this connection cannot:
+			 * serve it the classic way rather than not at all. */
+			f4_log("the kernel did not offer iomap for this mount; "
+			       "using classic I/O");
+		}
+	}
 }
 
 const struct fe_ops f4_ops = {
@@ -62,6 +73,13 @@ const struct fe_ops f4_ops = {
 	.setxattr = f4_setxattr,
 	.removexattr = f4_removexattr,
 	.syncfs = f4_syncfs,
+	.iomap_config = f4_iomap_config,
+	.iomap_begin = f4_iomap_begin,
+	.iomap_end = f4_iomap_end,
+	.iomap_ioend = f4_iomap_ioend,
+	.freezefs = f4_freezefs,
+	.unfreezefs = f4_unfreezefs,
+	.shutdownfs = f4_shutdownfs,
 	/* No copy_file_range: ENOSYS lets the kernel copy through the page
 	 * cache, which is as fast as anything this server could do. */
 };

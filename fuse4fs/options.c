@@ -34,6 +34,7 @@ struct f4_optparse {
 	struct f4_options *opts;
 	unsigned long long offset;
 	unsigned int threads;
+	char *iomap;
 	char *fsname;
 	char *subtype;
 	int nonopts;
@@ -49,6 +50,7 @@ static const struct fuse_opt f4_opt_spec[] = {
 	F4_OPT("threads=%u", threads),
 	F4_OPT("fsname=%s", fsname),
 	F4_OPT("subtype=%s", subtype),
+	F4_OPT("iomap=%s", iomap),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -92,6 +94,10 @@ void f4_usage(FILE *out)
 "                     a read-write mount by root is a fuseblk mount, over a\n"
 "                     loop device for image files, so that when umount\n"
 "                     returns everything is on disk and marked clean)\n"
+"  iomap=auto|on|off  let the kernel move file data itself through FUSE\n"
+"                     iomap (needs a kernel with the extension, its\n"
+"                     enable_iomap module parameter and CAP_SYS_RAWIO);\n"
+"                     auto (default) uses it when possible\n"
 "  writeback_cache    let the kernel cache writes (faster small writes, but\n"
 "                     ENOSPC and I/O errors then surface at fsync/close)\n"
 "  fsname=NAME        source name shown in /proc/mounts (default DEVICE)\n"
@@ -215,6 +221,17 @@ int f4_parse_options(int argc, char **argv, struct f4_options *opts)
 			p.offset);
 		goto out;
 	}
+	if (!p.iomap || !strcmp(p.iomap, "auto")) {
+		opts->iomap = F4_IOMAP_AUTO;
+	} else if (!strcmp(p.iomap, "on")) {
+		opts->iomap = F4_IOMAP_ON;
+	} else if (!strcmp(p.iomap, "off")) {
+		opts->iomap = F4_IOMAP_OFF;
+	} else {
+		fprintf(stderr, F4_PROGNAME ": iomap=%s: expected auto, on or off\n",
+			p.iomap);
+		goto out;
+	}
 	opts->threads = p.threads;
 	opts->offset = p.offset;
 	opts->fsname = p.fsname;
@@ -224,6 +241,7 @@ int f4_parse_options(int argc, char **argv, struct f4_options *opts)
 out:
 	free(p.fsname);
 	free(p.subtype);
+	free(p.iomap);
 	fuse_opt_free_args(&args);
 	return p.failed ? -1 : ret;
 }

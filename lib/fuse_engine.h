@@ -148,6 +148,24 @@ struct fe_ops {
 		      const struct fuse_ioctl_in *arg, const void *in_data);
 	void (*bmap)(struct fe_req *req, uint64_t nodeid,
 		     const struct fuse_bmap_in *arg);
+
+	/*
+	 * The iomap extension (protocol 7.99).  IOMAP_CONFIG (nodeid 0) is
+	 * the place to register the block device (fe_backing_open_iomap).
+	 */
+	void (*iomap_config)(struct fe_req *req,
+			     const struct fuse_iomap_config_in *arg);
+	void (*iomap_begin)(struct fe_req *req, uint64_t nodeid,
+			    const struct fuse_iomap_begin_in *arg);
+	void (*iomap_end)(struct fe_req *req, uint64_t nodeid,
+			  const struct fuse_iomap_end_in *arg);
+	void (*iomap_ioend)(struct fe_req *req, uint64_t nodeid,
+			    const struct fuse_iomap_ioend_in *arg);
+	void (*freezefs)(struct fe_req *req, uint64_t nodeid,
+			 const struct fuse_freezefs_in *arg);
+	void (*unfreezefs)(struct fe_req *req, uint64_t nodeid);
+	void (*shutdownfs)(struct fe_req *req, uint64_t nodeid,
+			   const struct fuse_shutdownfs_in *arg);
 };
 
 struct fe_config {
@@ -198,6 +216,12 @@ int fe_reply_xattr_size(struct fe_req *req, uint32_t size);
 int fe_reply_lseek(struct fe_req *req, uint64_t offset);
 int fe_reply_statx(struct fe_req *req, const struct fuse_statx_out *sx);
 int fe_reply_bmap(struct fe_req *req, uint64_t block);
+/* iomap replies; each has the exact size the kernel demands. */
+int fe_reply_iomap_config(struct fe_req *req,
+			  const struct fuse_iomap_config_out *out);
+int fe_reply_iomap_begin(struct fe_req *req,
+			 const struct fuse_iomap_begin_out *out);
+int fe_reply_iomap_ioend(struct fe_req *req, uint64_t newsize);
 
 /*
  * Directory listing helpers.  Append one record to buf (of `size` bytes,
@@ -218,6 +242,32 @@ int fe_notify_inval_entry(struct fe_session *se, uint64_t parent,
 			  const char *name, size_t namelen);
 int fe_notify_delete(struct fe_session *se, uint64_t parent, uint64_t child,
 		     const char *name, size_t namelen);
+int fe_notify_iomap_dev_inval(struct fe_session *se, uint32_t dev,
+			      uint64_t offset, uint64_t length);
+int fe_notify_iomap_upsert(struct fe_session *se,
+			   const struct fuse_iomap_upsert_mappings_out *m);
+int fe_notify_iomap_inval(struct fe_session *se,
+			  const struct fuse_iomap_inval_mappings_out *m);
+
+/*
+ * The iomap extension's device ioctls.
+ *
+ * fe_iomap_probe: ask the FUSE device fd (an open /dev/fuse, before or
+ * after mounting) whether this process may use iomap.  Returns 0 with
+ * *flags = FUSE_IOMAP_SUPPORT_* (0 when not permitted), -ENOTTY on a
+ * kernel without the extension, or another -errno.
+ *
+ * fe_backing_open_iomap: register a block device (opened O_RDWR, or
+ * O_RDONLY for read-only mounts) with the mounted session for use in
+ * mappings; returns the device id (> 0) or -errno.  Call it after INIT,
+ * e.g. from iomap_config.
+ *
+ * Once FUSE_IOMAP is agreed, every worker thread marks itself with
+ * FUSE_DEV_IOC_SET_NOFS before reading its next request, since iomap
+ * requests can come from memory reclaim.
+ */
+int fe_iomap_probe(int fd, uint64_t *flags);
+int fe_backing_open_iomap(struct fe_session *se, int devfd);
 
 /* Name of an opcode for traces ("LOOKUP", "IOMAP_BEGIN", ...). */
 const char *fe_opcode_name(uint32_t opcode);
