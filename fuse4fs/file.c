@@ -47,34 +47,13 @@ int f4_read_inline(struct f4fs *f4, ext2_ino_t ino,
 }
 
 /*
- * Open ino for the kernel: take an open reference (which keeps an unlinked
- * inode alive) and build the file handle.  Caller holds the lock.
+ * Open ino for the kernel: take an open reference, which keeps an unlinked
+ * inode alive.  Caller holds the lock.
  */
-int f4_open_file(struct f4fs *f4, ext2_ino_t ino, uint32_t flags,
-		 struct f4_file **fhp)
+int f4_open_file(struct f4fs *f4, ext2_ino_t ino, struct f4_inode **ipp)
 {
-	struct f4_file *fh;
-
-	fh = calloc(1, sizeof(*fh));
-	if (!fh)
-		return ENOMEM;
-	fh->ip = f4_itable_get(f4, ino);
-	if (!fh->ip) {
-		free(fh);
-		return ENOMEM;
-	}
-	fh->ino = ino;
-	fh->flags = flags;
-	*fhp = fh;
-	return 0;
-}
-
-static void f4_close_file(struct f4fs *f4, struct f4_file *fh)
-{
-	f4_lock(f4);
-	f4_itable_put(f4, fh->ip);
-	f4_unlock(f4);
-	free(fh);
+	*ipp = f4_itable_get(f4, ino);
+	return *ipp ? 0 : ENOMEM;
 }
 
 void f4_open(struct fe_req *req, uint64_t nodeid,
@@ -83,7 +62,7 @@ void f4_open(struct fe_req *req, uint64_t nodeid,
 	struct f4fs *f4 = fe_req_fs(req);
 	struct ext2_inode_large inode;
 	struct fuse_open_out out;
-	struct f4_file *fh = NULL;
+	struct f4_inode *ip = NULL;
 	bool writing = (arg->flags & O_ACCMODE) != O_RDONLY ||
 		(arg->flags & O_TRUNC);
 	ext2_ino_t ino;
@@ -111,50 +90,60 @@ void f4_open(struct fe_req *req, uint64_t nodeid,
 		ret = EPERM;
 		goto out;
 	}
-	ret = f4_open_file(f4, ino, arg->flags, &fh);
+	ret = f4_open_file(f4, ino, &ip);
 	if (ret)
 		goto out;
 	if ((arg->flags & O_TRUNC) && LINUX_S_ISREG(inode.i_mode)) {
 		/* ATOMIC_O_TRUNC: the truncation is ours to do, with the
 		 * times update open(2) makes. */
-		pthread_rwlock_wrlock(&fh->ip->iolock);
+		pthread_rwlock_wrlock(&ip->iolock);
 		if (f4_inode_size(&inode) > 0)
 			ret = f4_truncate(f4, ino, &inode, 0);
 		if (ret == 0) {
 			f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
 			ret = f4_write_inode(f4, ino, &inode);
 		}
-		pthread_rwlock_unlock(&fh->ip->iolock);
+		pthread_rwlock_unlock(&ip->iolock);
 		if (ret) {
-			f4_itable_put(f4, fh->ip);
-			free(fh);
-			fh = NULL;
+			f4_itable_put(f4, ip);
 			goto out;
 		}
 	}
 	memset(&out, 0, sizeof(out));
-	out.fh = (uintptr_t)fh;
+	out.fh = ino;
 	/* Every change to file data comes through this kernel, so its page
 	 * cache stays valid across opens. */
 	out.open_flags |= FOPEN_KEEP_CACHE;
 out:
 	f4_unlock(f4);
-	if (ret)
+	if (ret) {
 		fe_reply_err(req, ret);
-	else if (fe_reply_open(req, &out) < 0)
-		f4_close_file(f4, fh);
+	} else if (fe_reply_open(req, &out) < 0) {
+		f4_lock(f4);
+		f4_itable_put(f4, ip);
+		f4_unlock(f4);
+	}
 }
 
 void f4_release(struct fe_req *req, uint64_t nodeid,
 		const struct fuse_release_in *arg)
 {
 	struct f4fs *f4 = fe_req_fs(req);
-	struct f4_file *fh = (struct f4_file *)(uintptr_t)arg->fh;
+	struct f4_inode *ip;
+	ext2_ino_t ino;
+	int ret;
 
-	(void)nodeid;
-	if (fh)
-		f4_close_file(f4, fh);
-	fe_reply_ok(req);
+	f4_lock(f4);
+	ret = f4_check_nodeid(f4, nodeid, &ino);
+	if (ret == 0)
+		ret = f4_itable_handle(f4, arg->fh, ino, &ip);
+	if (ret == 0 && ip)
+		f4_itable_put(f4, ip);
+	f4_unlock(f4);
+	if (ret)
+		fe_reply_err(req, ret);
+	else
+		fe_reply_ok(req);
 }
 
 static int f4_pread_full(int fd, void *buf, size_t len, off_t off)
@@ -250,8 +239,8 @@ void f4_read(struct fe_req *req, uint64_t nodeid,
 	     const struct fuse_read_in *arg)
 {
 	struct f4fs *f4 = fe_req_fs(req);
-	struct f4_file *fh = (struct f4_file *)(uintptr_t)arg->fh;
 	struct ext2_inode_large inode;
+	struct f4_inode *ip = NULL;
 	uint64_t size, len = arg->size;
 	ext2_ino_t ino;
 	char *buf = NULL;
@@ -259,6 +248,8 @@ void f4_read(struct fe_req *req, uint64_t nodeid,
 
 	f4_lock(f4);
 	ret = f4_iget(f4, nodeid, &ino, &inode);
+	if (ret == 0)
+		ret = f4_itable_handle(f4, arg->fh, ino, &ip);
 	f4_unlock(f4);
 	if (ret)
 		goto out;
@@ -278,11 +269,11 @@ void f4_read(struct fe_req *req, uint64_t nodeid,
 		ret = ENOMEM;
 		goto out;
 	}
-	if (fh)
-		pthread_rwlock_rdlock(&fh->ip->iolock);
+	if (ip)
+		pthread_rwlock_rdlock(&ip->iolock);
 	ret = f4_read_range(f4, ino, buf, arg->offset, len);
-	if (fh)
-		pthread_rwlock_unlock(&fh->ip->iolock);
+	if (ip)
+		pthread_rwlock_unlock(&ip->iolock);
 out:
 	if (ret)
 		fe_reply_err(req, ret);
@@ -522,9 +513,9 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 	      const struct fuse_write_in *arg, const void *data)
 {
 	struct f4fs *f4 = fe_req_fs(req);
-	struct f4_file *fh = (struct f4_file *)(uintptr_t)arg->fh;
 	struct f4_inode *ip = NULL;
 	struct ext2_inode_large inode;
+	bool own_ref = false;
 	uint64_t pos = arg->offset, end, max;
 	size_t len = arg->size, done = 0;
 	ext2_ino_t ino;
@@ -541,9 +532,15 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 	if (ret == 0 && !LINUX_S_ISREG(inode.i_mode))
 		ret = EINVAL;
 	if (ret == 0)
-		ip = fh ? fh->ip : f4_itable_get(f4, ino);
-	if (ret == 0 && !ip)
-		ret = ENOMEM;
+		ret = f4_itable_handle(f4, arg->fh, ino, &ip);
+	if (ret == 0 && !ip) {
+		/* Inline data written by an iomap kernel comes without a
+		 * handle; hold the inode for the duration. */
+		ip = f4_itable_get(f4, ino);
+		own_ref = true;
+		if (!ip)
+			ret = ENOMEM;
+	}
 	f4_unlock(f4);
 	if (ret)
 		goto reply;
@@ -622,7 +619,7 @@ out_locked:
 	f4_unlock(f4);
 	pthread_rwlock_unlock(&f4->flush_barrier);
 	pthread_rwlock_unlock(&ip->iolock);
-	if (!fh) {
+	if (own_ref) {
 		f4_lock(f4);
 		f4_itable_put(f4, ip);
 		f4_unlock(f4);
@@ -703,8 +700,8 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 		  const struct fuse_fallocate_in *arg)
 {
 	struct f4fs *f4 = fe_req_fs(req);
-	struct f4_file *fh = (struct f4_file *)(uintptr_t)arg->fh;
 	struct ext2_inode_large inode;
+	struct f4_inode *ip = NULL;
 	uint32_t mode = arg->mode;
 	uint64_t start = arg->offset, end, first, last_excl;
 	unsigned int mapflags;
@@ -714,10 +711,6 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 
 	if (f4->ro) {
 		fe_reply_err(req, EROFS);
-		return;
-	}
-	if (!fh) {
-		fe_reply_err(req, EBADF);
 		return;
 	}
 	if (mode & ~(F4_FALLOC_KEEP_SIZE | F4_FALLOC_PUNCH_HOLE |
@@ -734,7 +727,18 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 	end = start + arg->length;
 	bs = f4->blocksize;
 
-	pthread_rwlock_wrlock(&fh->ip->iolock);
+	f4_lock(f4);
+	ret = f4_check_nodeid(f4, nodeid, &ino);
+	if (ret == 0)
+		ret = f4_itable_handle(f4, arg->fh, ino, &ip);
+	if (ret == 0 && !ip)
+		ret = EBADF;
+	f4_unlock(f4);
+	if (ret) {
+		fe_reply_err(req, ret);
+		return;
+	}
+	pthread_rwlock_wrlock(&ip->iolock);
 	pthread_rwlock_rdlock(&f4->flush_barrier);
 	f4_lock(f4);
 	mapflags = f4_req_privileged(f4, req) ? F4_MAP_ROOT : 0;
@@ -804,7 +808,7 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 out:
 	f4_unlock(f4);
 	pthread_rwlock_unlock(&f4->flush_barrier);
-	pthread_rwlock_unlock(&fh->ip->iolock);
+	pthread_rwlock_unlock(&ip->iolock);
 	if (ret)
 		fe_reply_err(req, ret);
 	else

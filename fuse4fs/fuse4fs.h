@@ -103,13 +103,6 @@ struct f4_inode {
 
 struct f4_itable;
 
-/* An open file or directory (the fh of OPEN/OPENDIR/CREATE). */
-struct f4_file {
-	ext2_ino_t ino;
-	uint32_t flags;		/* open(2) flags */
-	struct f4_inode *ip;
-};
-
 static inline void f4_lock(struct f4fs *f4)
 {
 	pthread_mutex_lock(&f4->lock);
@@ -146,6 +139,8 @@ void f4_itable_free(struct f4fs *f4);
 struct f4_inode *f4_itable_find(struct f4fs *f4, ext2_ino_t ino);
 struct f4_inode *f4_itable_get(struct f4fs *f4, ext2_ino_t ino);
 void f4_itable_put(struct f4fs *f4, struct f4_inode *ip);
+int f4_itable_handle(struct f4fs *f4, uint64_t fh, ext2_ino_t ino,
+		     struct f4_inode **ipp);
 
 /* inode.c: node ids, inode reading and attributes. */
 static inline ext2_ino_t f4_nodeid_to_ino(uint64_t nodeid)
@@ -310,8 +305,7 @@ int f4_truncate(struct f4fs *f4, ext2_ino_t ino,
 int f4_zero_range_on_disk(struct f4fs *f4, ext2_ino_t ino,
 			  struct ext2_inode_large *inode, uint64_t start,
 			  uint64_t end);
-int f4_open_file(struct f4fs *f4, ext2_ino_t ino, uint32_t flags,
-		 struct f4_file **fhp);
+int f4_open_file(struct f4fs *f4, ext2_ino_t ino, struct f4_inode **ipp);
 
 /* symlink.c */
 void f4_readlink(struct fe_req *req, uint64_t nodeid);

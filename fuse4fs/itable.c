@@ -7,7 +7,9 @@
  * lives on the on-disk orphan list until its last release.
  *
  * The table is protected by the filesystem lock; an entry stays valid for
- * as long as the caller holds one of its opens.
+ * as long as the caller holds one of its opens.  The file handle the
+ * kernel gets for an open is the inode number, checked against the table
+ * on every use, so a handle can neither dangle nor leak.
  */
 #include "config.h"
 
@@ -116,4 +118,21 @@ void f4_itable_put(struct f4fs *f4, struct f4_inode *ip)
 	if (ret)
 		f4_log("inode %u: releasing an unlinked inode failed: %s; "
 		       "e2fsck will finish it", ino, strerror(ret));
+}
+
+/*
+ * The open inode a request's file handle names.  A zero handle (iomap's
+ * inline I/O) gives NULL; a handle that names no open inode of this node
+ * is EBADF.  Caller holds the filesystem lock.
+ */
+int f4_itable_handle(struct f4fs *f4, uint64_t fh, ext2_ino_t ino,
+		     struct f4_inode **ipp)
+{
+	*ipp = NULL;
+	if (fh == 0)
+		return 0;
+	if (fh != ino)
+		return EBADF;
+	*ipp = f4_itable_find(f4, ino);
+	return *ipp ? 0 : EBADF;
 }

@@ -341,17 +341,19 @@ static void f4_create_common(struct fe_req *req, uint64_t parent,
 	struct ext2_inode_large inode;
 	struct fuse_entry_out e;
 	struct fuse_open_out o;
-	struct f4_file *fh = NULL;
+	struct f4_inode *ip = NULL;
 	ext2_ino_t ino;
 	int ret;
 
 	f4_lock(f4);
 	ret = f4_make_node(req, parent, name, &spec, &ino, &inode);
 	if (ret == 0) {
-		ret = f4_open_file(f4, ino, arg->flags, &fh);
+		ret = f4_open_file(f4, ino, &ip);
 		if (ret == 0 && unnamed)
-			fh->ip->orphan = true;
-		if (ret)
+			ip->orphan = true;
+		if (ret && unnamed && f4_orphan_del(f4, ino, &inode) == 0)
+			f4_free_inode(f4, ino, &inode);
+		else if (ret)
 			f4_drop_link(f4, ino, &inode);
 	}
 	if (ret) {
@@ -362,13 +364,12 @@ static void f4_create_common(struct fe_req *req, uint64_t parent,
 	f4_fill_entry(f4, ino, &inode, &e);
 	f4_unlock(f4);
 	memset(&o, 0, sizeof(o));
-	o.fh = (uintptr_t)fh;
+	o.fh = ino;
 	o.open_flags = FOPEN_KEEP_CACHE;
 	if (fe_reply_create(req, &e, &o) < 0) {
 		f4_lock(f4);
-		f4_itable_put(f4, fh->ip);
+		f4_itable_put(f4, ip);
 		f4_unlock(f4);
-		free(fh);
 	}
 }
 
