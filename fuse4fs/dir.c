@@ -426,7 +426,7 @@ void f4_opendir(struct fe_req *req, uint64_t nodeid,
 	if (ret == 0 && !LINUX_S_ISDIR(inode.i_mode))
 		ret = ENOTDIR;
 	if (ret) {
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 		return;
 	}
 	memset(&out, 0, sizeof(out));
@@ -500,7 +500,7 @@ static void f4_do_readdir(struct fe_req *req, uint64_t nodeid,
 
 	l.buf = calloc(1, l.size ? l.size : 1);
 	if (!l.buf) {
-		fe_reply_err(req, ENOMEM);
+		f4_reply_err(req, ENOMEM);
 		return;
 	}
 	f4_lock(f4);
@@ -512,7 +512,7 @@ static void f4_do_readdir(struct fe_req *req, uint64_t nodeid,
 				     &l);
 	f4_unlock(f4);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_buf(req, l.buf, l.used);
 	free(l.buf);
@@ -769,7 +769,7 @@ void f4_fsyncdir(struct fe_req *req, uint64_t nodeid,
 	(void)arg;
 	ret = f4->ro ? 0 : f4_flush(f4, true);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
 }

@@ -1,5 +1,6 @@
 /*
- * The single translation from libext2fs error codes to errno values.
+ * The single translation from libext2fs error codes to errno values, and
+ * the recording of filesystem errors found while serving.
  *
  * libext2fs returns either a com_err code from the ext2 table or, for I/O
  * failures in the unix I/O manager, a plain errno.  Corruption of any kind
@@ -9,6 +10,8 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <time.h>
 
 #include "fuse4fs.h"
 
@@ -108,4 +111,72 @@ int f4_errno(errcode_t err)
 	if (err >= EXT2_ET_BASE && err <= EXT2_ET_EXTERNAL_JOURNAL_NOSUPP)
 		return EUCLEAN;
 	return EIO;
+}
+
+/* ext4's codes for s_first_error_errcode/s_last_error_errcode. */
+#define F4_EXT4_ERR_EFSBADCRC		4
+#define F4_EXT4_ERR_EFSCORRUPTED	5
+
+/*
+ * Corruption found while serving: log it and, on a writable filesystem,
+ * record it in the superblock as the kernel does, so that e2fsck is
+ * forced at the next check, then apply the errors= policy.  Caller does
+ * not hold the filesystem lock.
+ */
+void f4_fs_error(struct f4fs *f4, ext2_ino_t ino, int err)
+{
+	struct ext2_super_block *sb;
+	uint32_t now = (uint32_t)time(NULL);
+	uint8_t code;
+
+	if (err != EUCLEAN && err != EBADMSG)
+		return;
+	f4_log("%s: %s in inode %u", f4->opts.device,
+	       err == EBADMSG ? "checksum error" : "corruption found", ino);
+	if (f4->ro)
+		return;
+	code = err == EBADMSG ? F4_EXT4_ERR_EFSBADCRC : F4_EXT4_ERR_EFSCORRUPTED;
+	f4_lock(f4);
+	if (!f4->fs) {
+		f4_unlock(f4);
+		return;
+	}
+	sb = f4->fs->super;
+	sb->s_state |= EXT2_ERROR_FS;
+	sb->s_error_count++;
+	if (!sb->s_first_error_time) {
+		sb->s_first_error_time = now;
+		sb->s_first_error_ino = ino;
+		sb->s_first_error_errcode = code;
+		snprintf((char *)sb->s_first_error_func,
+			 sizeof(sb->s_first_error_func), "fuse4fs");
+	}
+	sb->s_last_error_time = now;
+	sb->s_last_error_ino = ino;
+	sb->s_last_error_errcode = code;
+	snprintf((char *)sb->s_last_error_func, sizeof(sb->s_last_error_func),
+		 "fuse4fs");
+	ext2fs_mark_super_dirty(f4->fs);
+	f4_unlock(f4);
+	f4_flush(f4, true);
+	switch (f4->opts.errors ? f4->opts.errors : sb->s_errors) {
+	case EXT2_ERRORS_RO:
+	case EXT2_ERRORS_PANIC:
+		/* A server cannot panic the machine; stopping all writes is
+		 * the closest it comes. */
+		f4_log("%s: further writes refused (errors=%s)",
+		       f4->opts.device, sb->s_errors == EXT2_ERRORS_PANIC ?
+		       "panic" : "remount-ro");
+		__atomic_store_n(&f4->ro, true, __ATOMIC_RELEASE);
+		break;
+	default:
+		break;
+	}
+}
+
+/* Answer a request with an error, recording corruption on the way. */
+int f4_reply_err(struct fe_req *req, int err)
+{
+	f4_fs_error(fe_req_fs(req), f4_nodeid_to_ino(req->nodeid), err);
+	return fe_reply_err(req, err);
 }

@@ -117,7 +117,7 @@ void f4_open(struct fe_req *req, uint64_t nodeid,
 out:
 	f4_unlock(f4);
 	if (ret) {
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	} else if (fe_reply_open(req, &out) < 0) {
 		f4_lock(f4);
 		f4_itable_put(f4, ip);
@@ -141,7 +141,7 @@ void f4_release(struct fe_req *req, uint64_t nodeid,
 		f4_itable_put(f4, ip);
 	f4_unlock(f4);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
 }
@@ -276,7 +276,7 @@ void f4_read(struct fe_req *req, uint64_t nodeid,
 		pthread_rwlock_unlock(&ip->iolock);
 out:
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_buf(req, buf, len);
 	free(buf);
@@ -341,7 +341,7 @@ out:
 	f4_unlock(f4);
 reply:
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_lseek(req, result);
 }
@@ -523,7 +523,7 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 	int ret;
 
 	if (f4->ro) {
-		fe_reply_err(req, EROFS);
+		f4_reply_err(req, EROFS);
 		return;
 	}
 	f4_lock(f4);
@@ -626,7 +626,7 @@ out_locked:
 	}
 reply:
 	if (ret && done == 0)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_write(req, (uint32_t)done);
 }
@@ -687,7 +687,7 @@ void f4_fsync(struct fe_req *req, uint64_t nodeid,
 	int ret = f4->ro ? 0 : f4_flush(f4, true);
 
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
 }
@@ -710,18 +710,18 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 	int ret;
 
 	if (f4->ro) {
-		fe_reply_err(req, EROFS);
+		f4_reply_err(req, EROFS);
 		return;
 	}
 	if (mode & ~(F4_FALLOC_KEEP_SIZE | F4_FALLOC_PUNCH_HOLE |
 		     F4_FALLOC_ZERO_RANGE) ||
 	    ((mode & F4_FALLOC_PUNCH_HOLE) && (mode & F4_FALLOC_ZERO_RANGE))) {
-		fe_reply_err(req, EOPNOTSUPP);
+		f4_reply_err(req, EOPNOTSUPP);
 		return;
 	}
 	if (arg->length == 0 || arg->offset > INT64_MAX ||
 	    arg->length > INT64_MAX - arg->offset) {
-		fe_reply_err(req, arg->length == 0 ? EINVAL : EFBIG);
+		f4_reply_err(req, arg->length == 0 ? EINVAL : EFBIG);
 		return;
 	}
 	end = start + arg->length;
@@ -735,7 +735,7 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 		ret = EBADF;
 	f4_unlock(f4);
 	if (ret) {
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 		return;
 	}
 	pthread_rwlock_wrlock(&ip->iolock);
@@ -810,7 +810,7 @@ out:
 	pthread_rwlock_unlock(&f4->flush_barrier);
 	pthread_rwlock_unlock(&ip->iolock);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
 }

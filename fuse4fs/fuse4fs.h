@@ -39,6 +39,7 @@ struct f4_options {
 	bool nosync_unmount;
 	bool writeback_cache;
 	enum f4_iomap_mode iomap;
+	uint16_t errors;	/* EXT2_ERRORS_*, 0 = the superblock's */
 	bool acl;
 	bool foreground;
 	bool debug;
@@ -115,6 +116,8 @@ static inline void f4_unlock(struct f4fs *f4)
 
 /* errno.c: the one translation from libext2fs error codes to errno. */
 int f4_errno(errcode_t err);
+void f4_fs_error(struct f4fs *f4, ext2_ino_t ino, int err);
+int f4_reply_err(struct fe_req *req, int err);
 
 /* options.c */
 int f4_parse_options(int argc, char **argv, struct f4_options *opts);

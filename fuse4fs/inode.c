@@ -214,7 +214,7 @@ void f4_getattr(struct fe_req *req, uint64_t nodeid,
 	}
 	f4_unlock(f4);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_attr(req, &out);
 }
@@ -287,7 +287,7 @@ void f4_statx(struct fe_req *req, uint64_t nodeid,
 out:
 	f4_unlock(f4);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_statx(req, &out);
 }
@@ -365,7 +365,7 @@ void f4_access(struct fe_req *req, uint64_t nodeid,
 		ret = EACCES;
 out:
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
 }
@@ -670,7 +670,7 @@ void f4_setattr(struct fe_req *req, uint64_t nodeid,
 	int ret;
 
 	if (f4->ro) {
-		fe_reply_err(req, EROFS);
+		f4_reply_err(req, EROFS);
 		return;
 	}
 	/* Size changes exclude data I/O on the inode. */
@@ -764,7 +764,7 @@ out:
 	}
 reply:
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_attr(req, &out);
 }

@@ -140,6 +140,46 @@ uint32_t f4_iomap_attr_flags(struct f4fs *f4,
 	return flags;
 }
 
+/*
+ * Freed blocks may come back as file data that the kernel writes straight
+ * to the device, while the device's page cache still holds what this
+ * server wrote there as metadata; drop that copy so it can never be
+ * written back over the data.
+ */
+static void f4_iomap_freed(struct f4fs *f4, blk64_t blk, uint64_t num)
+{
+	int ret;
+
+	ret = fe_notify_iomap_dev_inval(f4->se, f4->iomap_dev,
+					f4->iomap_addr_offset +
+					(blk << f4->blockbits),
+					num << f4->blockbits);
+	if (ret < 0 && ret != -ENOTTY)
+		f4_log("invalidating freed blocks %llu+%llu failed: %s",
+		       (unsigned long long)blk, (unsigned long long)num,
+		       strerror(-ret));
+}
+
+static void (*f4_old_block_stats)(ext2_filsys, blk64_t, int);
+static void (*f4_old_range_stats)(ext2_filsys, blk64_t, blk_t, int);
+
+static void f4_iomap_block_stats(ext2_filsys fs, blk64_t blk, int inuse)
+{
+	if (f4_old_block_stats)
+		f4_old_block_stats(fs, blk, inuse);
+	if (inuse < 0)
+		f4_iomap_freed(fs->priv_data, blk, 1);
+}
+
+static void f4_iomap_range_stats(ext2_filsys fs, blk64_t blk, blk_t num,
+				 int inuse)
+{
+	if (f4_old_range_stats)
+		f4_old_range_stats(fs, blk, num, inuse);
+	if (inuse < 0)
+		f4_iomap_freed(fs->priv_data, blk, num);
+}
+
 void f4_iomap_config(struct fe_req *req, const struct fuse_iomap_config_in *arg)
 {
 	struct f4fs *f4 = fe_req_fs(req);
@@ -150,7 +190,7 @@ void f4_iomap_config(struct fe_req *req, const struct fuse_iomap_config_in *arg)
 	int dev;
 
 	if (!f4->iomap) {
-		fe_reply_err(req, ENOSYS);
+		f4_reply_err(req, ENOSYS);
 		return;
 	}
 	dev = fe_backing_open_iomap(f4->se, f4->iomap_fd);
@@ -158,10 +198,18 @@ void f4_iomap_config(struct fe_req *req, const struct fuse_iomap_config_in *arg)
 		f4_log("registering %s for iomap failed: %s",
 		       f4->iomap_loop[0] ? f4->iomap_loop : f4->opts.device,
 		       strerror(dev < 0 ? -dev : EIO));
-		fe_reply_err(req, dev < 0 ? -dev : EIO);
+		f4_reply_err(req, dev < 0 ? -dev : EIO);
 		return;
 	}
 	f4->iomap_dev = (uint32_t)dev;
+	f4_lock(f4);
+	f4->fs->priv_data = f4;
+	ext2fs_set_block_alloc_stats_callback(f4->fs, f4_iomap_block_stats,
+					      &f4_old_block_stats);
+	ext2fs_set_block_alloc_stats_range_callback(f4->fs,
+						    f4_iomap_range_stats,
+						    &f4_old_range_stats);
+	f4_unlock(f4);
 
 	memset(&out, 0, sizeof(out));
 	out.flags = FUSE_IOMAP_CONFIG_SID | FUSE_IOMAP_CONFIG_UUID |
@@ -330,7 +378,7 @@ void f4_iomap_begin(struct fe_req *req, uint64_t nodeid,
 out:
 	f4_unlock(f4);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_iomap_begin(req, &out);
 }
@@ -372,7 +420,7 @@ void f4_iomap_end(struct fe_req *req, uint64_t nodeid,
 out:
 	f4_unlock(f4);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
 }
@@ -427,7 +475,7 @@ void f4_iomap_ioend(struct fe_req *req, uint64_t nodeid,
 out:
 	f4_unlock(f4);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_iomap_ioend(req, size);
 }
@@ -442,7 +490,7 @@ void f4_freezefs(struct fe_req *req, uint64_t nodeid,
 	(void)arg;
 	ret = f4->ro ? 0 : f4_flush(f4, true);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
 }

@@ -11,3 +11,5 @@ __attribute__((weak)) int fe_reply_iomap_begin(struct fe_req *req, const struct 
 { (void)out; return fe_reply_err(req, ENOSYS); }
 __attribute__((weak)) int fe_reply_iomap_ioend(struct fe_req *req, uint64_t newsize)
 { (void)newsize; return fe_reply_err(req, ENOSYS); }
+__attribute__((weak)) int fe_notify_iomap_dev_inval(struct fe_session *se, uint32_t dev, uint64_t offset, uint64_t length)
+{ (void)se; (void)dev; (void)offset; (void)length; return -ENOTTY; }

@@ -19,7 +19,7 @@ void f4_lookup(struct fe_req *req, uint64_t parent, const char *name)
 	int ret;
 
 	if (namelen > EXT2_NAME_LEN) {
-		fe_reply_err(req, ENAMETOOLONG);
+		f4_reply_err(req, ENAMETOOLONG);
 		return;
 	}
 	f4_lock(f4);
@@ -48,7 +48,7 @@ out:
 		e.entry_valid = (uint64_t)f4->entry_timeout;
 		fe_reply_entry(req, &e);
 	} else if (ret) {
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	} else {
 		fe_reply_entry(req, &e);
 	}
@@ -255,7 +255,7 @@ static void f4_reply_new_entry(struct fe_req *req, int ret, ext2_ino_t ino,
 
 	if (ret) {
 		f4_unlock(f4);
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 		return;
 	}
 	f4_fill_entry(f4, ino, inode, &e);
@@ -282,7 +282,7 @@ void f4_mknod(struct fe_req *req, uint64_t parent, const char *name,
 	case LINUX_S_IFSOCK:
 		break;
 	default:
-		fe_reply_err(req, EINVAL);
+		f4_reply_err(req, EINVAL);
 		return;
 	}
 	f4_lock(f4);
@@ -320,7 +320,7 @@ void f4_symlink(struct fe_req *req, uint64_t parent, const char *name,
 	int ret;
 
 	if (target[0] == '\0') {
-		fe_reply_err(req, ENOENT);
+		f4_reply_err(req, ENOENT);
 		return;
 	}
 	f4_lock(f4);
@@ -358,7 +358,7 @@ static void f4_create_common(struct fe_req *req, uint64_t parent,
 	}
 	if (ret) {
 		f4_unlock(f4);
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 		return;
 	}
 	f4_fill_entry(f4, ino, &inode, &e);
@@ -396,7 +396,7 @@ void f4_link(struct fe_req *req, uint64_t oldnodeid, uint64_t newparent,
 
 	ret = f4->ro ? EROFS : f4_check_name(newname);
 	if (ret) {
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 		return;
 	}
 	f4_lock(f4);
@@ -521,7 +521,7 @@ void f4_unlink(struct fe_req *req, uint64_t parent, const char *name)
 	ret = f4_remove_name(req, parent, name, false);
 	f4_unlock(f4);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
 }
@@ -535,7 +535,7 @@ void f4_rmdir(struct fe_req *req, uint64_t parent, const char *name)
 	ret = f4_remove_name(req, parent, name, true);
 	f4_unlock(f4);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
 }
@@ -758,7 +758,7 @@ void f4_rename(struct fe_req *req, uint64_t parent, const char *name,
 	ret = f4_do_rename(req, parent, name, newparent, newname, flags);
 	f4_unlock(f4);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
 }

@@ -35,6 +35,7 @@ struct f4_optparse {
 	unsigned long long offset;
 	unsigned int threads;
 	char *iomap;
+	char *errors;
 	char *fsname;
 	char *subtype;
 	int nonopts;
@@ -51,6 +52,7 @@ static const struct fuse_opt f4_opt_spec[] = {
 	F4_OPT("fsname=%s", fsname),
 	F4_OPT("subtype=%s", subtype),
 	F4_OPT("iomap=%s", iomap),
+	F4_OPT("errors=%s", errors),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -98,6 +100,9 @@ void f4_usage(FILE *out)
 "                     iomap (needs a kernel with the extension, its\n"
 "                     enable_iomap module parameter and CAP_SYS_RAWIO);\n"
 "                     auto (default) uses it when possible\n"
+"  errors=continue|remount-ro|panic\n"
+"                     what to do when corruption is found (default: the\n"
+"                     superblock's setting); panic stops all writes\n"
 "  writeback_cache    let the kernel cache writes (faster small writes, but\n"
 "                     ENOSPC and I/O errors then surface at fsync/close)\n"
 "  fsname=NAME        source name shown in /proc/mounts (default DEVICE)\n"
@@ -232,6 +237,17 @@ int f4_parse_options(int argc, char **argv, struct f4_options *opts)
 			p.iomap);
 		goto out;
 	}
+	if (p.errors && !strcmp(p.errors, "continue")) {
+		opts->errors = EXT2_ERRORS_CONTINUE;
+	} else if (p.errors && !strcmp(p.errors, "remount-ro")) {
+		opts->errors = EXT2_ERRORS_RO;
+	} else if (p.errors && !strcmp(p.errors, "panic")) {
+		opts->errors = EXT2_ERRORS_PANIC;
+	} else if (p.errors) {
+		fprintf(stderr, F4_PROGNAME ": errors=%s: expected continue, "
+			"remount-ro or panic\n", p.errors);
+		goto out;
+	}
 	opts->threads = p.threads;
 	opts->offset = p.offset;
 	opts->fsname = p.fsname;
@@ -242,6 +258,7 @@ out:
 	free(p.fsname);
 	free(p.subtype);
 	free(p.iomap);
+	free(p.errors);
 	fuse_opt_free_args(&args);
 	return p.failed ? -1 : ret;
 }

@@ -297,7 +297,7 @@ void f4_syncfs(struct fe_req *req, uint64_t nodeid)
 	(void)nodeid;
 	ret = f4->ro ? 0 : f4_flush(f4, true);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
 }

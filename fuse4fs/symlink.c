@@ -83,7 +83,7 @@ reply:
 	if (ret == 0 && memchr(buf, 0, size))
 		ret = EUCLEAN;
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_buf(req, buf, size);
 	free(buf);

@@ -60,11 +60,11 @@ void f4_getxattr(struct fe_req *req, uint64_t nodeid, const char *name,
 	int ret;
 
 	if (!f4_known_namespace(name)) {
-		fe_reply_err(req, EOPNOTSUPP);
+		f4_reply_err(req, EOPNOTSUPP);
 		return;
 	}
 	if (f4_is_acl_name(name) && !f4->acl) {
-		fe_reply_err(req, EOPNOTSUPP);
+		f4_reply_err(req, EOPNOTSUPP);
 		return;
 	}
 	f4_lock(f4);
@@ -85,11 +85,11 @@ out:
 		ext2fs_xattrs_close(&h);
 	f4_unlock(f4);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else if (size == 0)
 		fe_reply_xattr_size(req, (uint32_t)len);
 	else if (len > size)
-		fe_reply_err(req, ERANGE);
+		f4_reply_err(req, ERANGE);
 	else
 		fe_reply_buf(req, value, len);
 	if (value)
@@ -158,11 +158,11 @@ out:
 		ext2fs_xattrs_close(&h);
 	f4_unlock(f4);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else if (size == 0)
 		fe_reply_xattr_size(req, (uint32_t)l.len);
 	else if (l.len > size)
-		fe_reply_err(req, ERANGE);
+		f4_reply_err(req, ERANGE);
 	else
 		fe_reply_buf(req, l.buf, l.len);
 	free(l.buf);
@@ -437,19 +437,19 @@ void f4_setxattr(struct fe_req *req, uint64_t nodeid, const char *name,
 	int ret;
 
 	if (f4->ro) {
-		fe_reply_err(req, EROFS);
+		f4_reply_err(req, EROFS);
 		return;
 	}
 	if (!f4_known_namespace(name) || (f4_is_acl_name(name) && !f4->acl)) {
-		fe_reply_err(req, EOPNOTSUPP);
+		f4_reply_err(req, EOPNOTSUPP);
 		return;
 	}
 	if (strlen(name) > 255) {
-		fe_reply_err(req, ERANGE);
+		f4_reply_err(req, ERANGE);
 		return;
 	}
 	if (flags & ~(F4_XATTR_CREATE | F4_XATTR_REPLACE)) {
-		fe_reply_err(req, EINVAL);
+		f4_reply_err(req, EINVAL);
 		return;
 	}
 	f4_lock(f4);
@@ -523,7 +523,7 @@ out:
 		ext2fs_free_mem(&old);
 	free(copy);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
 }
@@ -536,11 +536,11 @@ void f4_removexattr(struct fe_req *req, uint64_t nodeid, const char *name)
 	int ret;
 
 	if (f4->ro) {
-		fe_reply_err(req, EROFS);
+		f4_reply_err(req, EROFS);
 		return;
 	}
 	if (!f4_known_namespace(name) || (f4_is_acl_name(name) && !f4->acl)) {
-		fe_reply_err(req, EOPNOTSUPP);
+		f4_reply_err(req, EOPNOTSUPP);
 		return;
 	}
 	f4_lock(f4);
@@ -557,7 +557,7 @@ void f4_removexattr(struct fe_req *req, uint64_t nodeid, const char *name)
 	}
 	f4_unlock(f4);
 	if (ret)
-		fe_reply_err(req, ret);
+		f4_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
 }
