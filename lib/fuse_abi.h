@@ -979,8 +979,14 @@ struct fuse_iomap_config_in {
 	uint64_t padding[5];
 };
 
-/* Shorter replies are accepted: 96 bytes (up to s_maxbytes) suit every
- * revision of the series. */
+/*
+ * The kernel accepts a reply shorter than its own struct (it zero-fills the
+ * rest) but refuses a longer one.  Revisions of the series before the
+ * mapping cache end the struct at s_maxbytes (96 bytes), so a reply that
+ * stops there suits every revision; cache_maxbytes needs the full 104.
+ */
+#define FUSE_IOMAP_CONFIG_OUT_NOCACHE_SIZE	96
+
 struct fuse_iomap_config_out {
 	uint64_t flags;		/* which fields are valid */
 	char s_id[32];
@@ -1325,6 +1331,9 @@ FUSE_ABI_OFF(fuse_iomap_config_out, s_time_min, 72);
 FUSE_ABI_OFF(fuse_iomap_config_out, s_time_max, 80);
 FUSE_ABI_OFF(fuse_iomap_config_out, s_maxbytes, 88);
 FUSE_ABI_OFF(fuse_iomap_config_out, cache_maxbytes, 96);
+_Static_assert(FUSE_IOMAP_CONFIG_OUT_NOCACHE_SIZE ==
+	       offsetof(struct fuse_iomap_config_out, cache_maxbytes),
+	       "FUSE_IOMAP_CONFIG_OUT_NOCACHE_SIZE must end at s_maxbytes");
 FUSE_ABI_SIZE(fuse_range, 16);
 FUSE_ABI_SIZE(fuse_iomap_dev_inval_out, 24);
 FUSE_ABI_OFF(fuse_iomap_dev_inval_out, range, 8);

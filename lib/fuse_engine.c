@@ -186,6 +186,7 @@ struct fe_worker {
 	bool own_fd;
 	int fd;
 	long tid;
+	bool nofs_done;		/* FUSE_DEV_IOC_SET_NOFS was tried */
 	char *buf;
 	struct fe_ireq ireq;
 };
@@ -214,6 +215,7 @@ struct fe_session {
 	int fd;			/* the channel given to serve; -1 otherwise */
 	unsigned int nrunning;
 	int error;		/* first fatal channel error, negative */
+	bool nofs_logged;	/* a SET_NOFS failure was reported (atomic) */
 	struct fe_ireq inflight;	/* list head */
 	struct fe_worker *workers;
 };
@@ -313,6 +315,210 @@ void *fe_req_fs(const struct fe_req *req)
 bool fe_req_interrupted(const struct fe_req *req)
 {
 	return __atomic_load_n(&req->interrupted, __ATOMIC_ACQUIRE) != 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Tracing of iomap requests and replies (-d)                          */
+/* ------------------------------------------------------------------ */
+
+struct fe_flagname {
+	uint64_t bit;
+	const char *name;
+};
+
+#define FE_FLAG(prefix, name) { prefix##name, #name }
+
+static const struct fe_flagname fe_iomap_opflags[] = {
+	FE_FLAG(FUSE_IOMAP_OP_, WRITE), FE_FLAG(FUSE_IOMAP_OP_, ZERO),
+	FE_FLAG(FUSE_IOMAP_OP_, REPORT), FE_FLAG(FUSE_IOMAP_OP_, FAULT),
+	FE_FLAG(FUSE_IOMAP_OP_, DIRECT), FE_FLAG(FUSE_IOMAP_OP_, NOWAIT),
+	FE_FLAG(FUSE_IOMAP_OP_, OVERWRITE_ONLY),
+	FE_FLAG(FUSE_IOMAP_OP_, UNSHARE), FE_FLAG(FUSE_IOMAP_OP_, DAX),
+	FE_FLAG(FUSE_IOMAP_OP_, ATOMIC), FE_FLAG(FUSE_IOMAP_OP_, DONTCACHE),
+	FE_FLAG(FUSE_IOMAP_OP_, SWAPFILE), FE_FLAG(FUSE_IOMAP_OP_, WRITEBACK),
+	{ 0, NULL },
+};
+
+static const struct fe_flagname fe_iomap_mapflags[] = {
+	FE_FLAG(FUSE_IOMAP_F_, NEW), FE_FLAG(FUSE_IOMAP_F_, DIRTY),
+	FE_FLAG(FUSE_IOMAP_F_, SHARED), FE_FLAG(FUSE_IOMAP_F_, MERGED),
+	FE_FLAG(FUSE_IOMAP_F_, BOUNDARY), FE_FLAG(FUSE_IOMAP_F_, ANON_WRITE),
+	FE_FLAG(FUSE_IOMAP_F_, ATOMIC_BIO),
+	FE_FLAG(FUSE_IOMAP_F_, WANT_IOMAP_END),
+	FE_FLAG(FUSE_IOMAP_F_, SIZE_CHANGED), FE_FLAG(FUSE_IOMAP_F_, STALE),
+	{ 0, NULL },
+};
+
+static const struct fe_flagname fe_iomap_ioendflags[] = {
+	FE_FLAG(FUSE_IOMAP_IOEND_, SHARED), FE_FLAG(FUSE_IOMAP_IOEND_, UNWRITTEN),
+	FE_FLAG(FUSE_IOMAP_IOEND_, BOUNDARY), FE_FLAG(FUSE_IOMAP_IOEND_, DIRECT),
+	FE_FLAG(FUSE_IOMAP_IOEND_, APPEND), FE_FLAG(FUSE_IOMAP_IOEND_, WRITEBACK),
+	FE_FLAG(FUSE_IOMAP_IOEND_, SWAPOFF),
+	{ 0, NULL },
+};
+
+static const struct fe_flagname fe_iomap_configflags[] = {
+	FE_FLAG(FUSE_IOMAP_CONFIG_, SID), FE_FLAG(FUSE_IOMAP_CONFIG_, UUID),
+	FE_FLAG(FUSE_IOMAP_CONFIG_, BLOCKSIZE),
+	FE_FLAG(FUSE_IOMAP_CONFIG_, MAX_LINKS),
+	FE_FLAG(FUSE_IOMAP_CONFIG_, TIME), FE_FLAG(FUSE_IOMAP_CONFIG_, MAXBYTES),
+	FE_FLAG(FUSE_IOMAP_CONFIG_, CACHE_MAXBYTES),
+	{ 0, NULL },
+};
+
+/* "0x11(WRITE|DIRECT)"; bits without a name are shown as a number. */
+static const char *fe_flag_str(char *buf, size_t size, uint64_t v,
+			       const struct fe_flagname *t)
+{
+	uint64_t rest = v;
+	size_t len;
+	char sep = '(';
+
+	len = (size_t)snprintf(buf, size, "%#llx", (unsigned long long)v);
+	for (; t->name && len < size; t++) {
+		if (!(v & t->bit))
+			continue;
+		rest &= ~t->bit;
+		len += (size_t)snprintf(buf + len, size - len, "%c%s", sep,
+					t->name);
+		sep = '|';
+	}
+	if (rest && sep == '|' && len < size)
+		len += (size_t)snprintf(buf + len, size - len, "|%#llx",
+					(unsigned long long)rest);
+	if (sep == '|' && len < size)
+		snprintf(buf + len, size - len, ")");
+	return buf;
+}
+
+static const char *fe_iomap_type_name(uint16_t type, char *buf, size_t size)
+{
+	static const char *const names[] = {
+		[FUSE_IOMAP_TYPE_HOLE] = "HOLE",
+		[FUSE_IOMAP_TYPE_DELALLOC] = "DELALLOC",
+		[FUSE_IOMAP_TYPE_MAPPED] = "MAPPED",
+		[FUSE_IOMAP_TYPE_UNWRITTEN] = "UNWRITTEN",
+		[FUSE_IOMAP_TYPE_INLINE] = "INLINE",
+	};
+
+	if (type < sizeof(names) / sizeof(names[0]))
+		return names[type];
+	switch (type) {
+	case FUSE_IOMAP_TYPE_NOCACHE:
+		return "NOCACHE";
+	case FUSE_IOMAP_TYPE_RETRY_CACHE:
+		return "RETRY_CACHE";
+	case FUSE_IOMAP_TYPE_PURE_OVERWRITE:
+		return "PURE_OVERWRITE";
+	}
+	snprintf(buf, size, "%u", type);
+	return buf;
+}
+
+/* "{offset=0 length=4096 type=MAPPED flags=0 dev=1 addr=1048576}" */
+static const char *fe_iomap_io_str(char *buf, size_t size,
+				   const struct fuse_iomap_io *m)
+{
+	char type[8], flags[128], addr[24];
+
+	if (m->addr == FUSE_IOMAP_NULL_ADDR)
+		snprintf(addr, sizeof(addr), "null");
+	else
+		snprintf(addr, sizeof(addr), "%llu",
+			 (unsigned long long)m->addr);
+	snprintf(buf, size, "{offset=%llu length=%llu type=%s flags=%s dev=%u "
+		 "addr=%s}", (unsigned long long)m->offset,
+		 (unsigned long long)m->length,
+		 fe_iomap_type_name(m->type, type, sizeof(type)),
+		 fe_flag_str(flags, sizeof(flags), m->flags, fe_iomap_mapflags),
+		 m->dev, addr);
+	return buf;
+}
+
+static void fe_trace_iomap_config_out(const struct fuse_iomap_config_out *o,
+				      size_t len)
+{
+	char flags[160];
+
+	fprintf(stderr, "fe[%ld]    iomap config flags=%s blocksize=%u "
+		"max_links=%u time_gran=%u time=%lld..%lld maxbytes=%lld "
+		"cache_maxbytes=%u (%zu bytes)\n", fe_gettid(),
+		fe_flag_str(flags, sizeof(flags), o->flags, fe_iomap_configflags),
+		o->s_blocksize, o->s_max_links, o->s_time_gran,
+		(long long)o->s_time_min, (long long)o->s_time_max,
+		(long long)o->s_maxbytes,
+		len > offsetof(struct fuse_iomap_config_out, cache_maxbytes) ?
+		o->cache_maxbytes : 0, len);
+}
+
+/* The arguments of an iomap request, after its length was checked. */
+static void fe_trace_iomap_request(uint32_t opcode, const void *arg)
+{
+	char f[200], m[256];
+	long tid = fe_gettid();
+
+	switch (opcode) {
+	case FUSE_IOMAP_BEGIN: {
+		const struct fuse_iomap_begin_in *b = arg;
+
+		fprintf(stderr, "fe[%ld]    opflags=%s attr_ino=%llu pos=%llu "
+			"count=%llu\n", tid,
+			fe_flag_str(f, sizeof(f), b->opflags, fe_iomap_opflags),
+			(unsigned long long)b->attr_ino,
+			(unsigned long long)b->pos,
+			(unsigned long long)b->count);
+		break;
+	}
+	case FUSE_IOMAP_END: {
+		const struct fuse_iomap_end_in *e = arg;
+
+		fprintf(stderr, "fe[%ld]    opflags=%s attr_ino=%llu pos=%llu "
+			"count=%llu written=%lld map=%s\n", tid,
+			fe_flag_str(f, sizeof(f), e->opflags, fe_iomap_opflags),
+			(unsigned long long)e->attr_ino,
+			(unsigned long long)e->pos,
+			(unsigned long long)e->count, (long long)e->written,
+			fe_iomap_io_str(m, sizeof(m), &e->map));
+		break;
+	}
+	case FUSE_IOMAP_IOEND: {
+		const struct fuse_iomap_ioend_in *e = arg;
+
+		fprintf(stderr, "fe[%ld]    flags=%s error=%d attr_ino=%llu "
+			"pos=%llu written=%llu dev=%u new_addr=%#llx\n", tid,
+			fe_flag_str(f, sizeof(f), e->flags, fe_iomap_ioendflags),
+			e->error, (unsigned long long)e->attr_ino,
+			(unsigned long long)e->pos,
+			(unsigned long long)e->written, e->dev,
+			(unsigned long long)e->new_addr);
+		break;
+	}
+	case FUSE_IOMAP_CONFIG: {
+		const struct fuse_iomap_config_in *c = arg;
+
+		fprintf(stderr, "fe[%ld]    flags=%s maxbytes=%lld "
+			"cache_maxbytes=%u\n", tid,
+			fe_flag_str(f, sizeof(f), c->flags, fe_iomap_configflags),
+			(long long)c->maxbytes, c->cache_maxbytes);
+		break;
+	}
+	case FUSE_FREEZE_FS: {
+		const struct fuse_freezefs_in *fz = arg;
+
+		fprintf(stderr, "fe[%ld]    unlinked=%llu\n", tid,
+			(unsigned long long)fz->unlinked);
+		break;
+	}
+	case FUSE_SHUTDOWN_FS: {
+		const struct fuse_shutdownfs_in *sd = arg;
+
+		fprintf(stderr, "fe[%ld]    flags=%#llx\n", tid,
+			(unsigned long long)sd->flags);
+		break;
+	}
+	default:
+		break;
+	}
 }
 
 /* ------------------------------------------------------------------ */
@@ -536,6 +742,54 @@ int fe_reply_bmap(struct fe_req *req, uint64_t block)
 }
 
 /*
+ * IOMAP_CONFIG reply size.  The kernel zero-fills a short reply and refuses
+ * one longer than its own struct, which is 96 bytes in revisions of the
+ * series without the mapping cache and 104 bytes (+ cache_maxbytes) from v7
+ * on.  So the engine sends 96 bytes, which every revision takes, unless the
+ * filesystem set FUSE_IOMAP_CONFIG_CACHE_MAXBYTES: then it sends all 104.
+ * Nothing is lost either way: without the flag the kernel ignores
+ * cache_maxbytes, and a kernel that knows the flag (the filesystem should
+ * only set flags offered in fuse_iomap_config_in.flags) has the 104-byte
+ * struct.
+ */
+int fe_reply_iomap_config(struct fe_req *req,
+			  const struct fuse_iomap_config_out *out)
+{
+	size_t len = FUSE_IOMAP_CONFIG_OUT_NOCACHE_SIZE;
+
+	if (out->flags & FUSE_IOMAP_CONFIG_CACHE_MAXBYTES)
+		len = sizeof(*out);
+	if (req->se->debug)
+		fe_trace_iomap_config_out(out, len);
+	return fe_reply_buf(req, out, len);
+}
+
+/* The kernel takes exactly 64 bytes, or fails the I/O with EIO. */
+int fe_reply_iomap_begin(struct fe_req *req,
+			 const struct fuse_iomap_begin_out *out)
+{
+	if (req->se->debug) {
+		char r[256], w[256];
+
+		fprintf(stderr, "fe[%ld]    iomap read=%s write=%s\n",
+			fe_gettid(), fe_iomap_io_str(r, sizeof(r), &out->read),
+			fe_iomap_io_str(w, sizeof(w), &out->write));
+	}
+	return fe_reply_buf(req, out, sizeof(*out));
+}
+
+/* Exactly 8 bytes, like BEGIN. */
+int fe_reply_iomap_ioend(struct fe_req *req, uint64_t newsize)
+{
+	struct fuse_iomap_ioend_out o = { .newsize = newsize };
+
+	if (req->se->debug)
+		fprintf(stderr, "fe[%ld]    ioend newsize=%llu\n", fe_gettid(),
+			(unsigned long long)newsize);
+	return fe_reply_buf(req, &o, sizeof(o));
+}
+
+/*
  * Answer a request the engine refuses before any operation sees it.  It is
  * not in the in-flight list and carries only the header fields.
  */
@@ -672,6 +926,86 @@ int fe_notify_delete(struct fe_session *se, uint64_t parent, uint64_t child,
 	if (namelen > UINT32_MAX)
 		return -ENAMETOOLONG;
 	return fe_notify(se, FUSE_NOTIFY_DELETE, iov, 4);
+}
+
+/*
+ * The iomap notifications.  The kernel insists on the exact body size of
+ * each (EINVAL otherwise), refuses them with EINVAL on a connection without
+ * iomap, and reports its verdict as the result of the write.
+ */
+int fe_notify_iomap_dev_inval(struct fe_session *se, uint32_t dev,
+			      uint64_t offset, uint64_t length)
+{
+	struct fuse_iomap_dev_inval_out o = {
+		.dev = dev, .reserved = 0,
+		.range = { .offset = offset, .length = length },
+	};
+	struct iovec iov[2] = { [1] = { .iov_base = &o, .iov_len = sizeof(o) } };
+
+	return fe_notify(se, FUSE_NOTIFY_IOMAP_DEV_INVAL, iov, 2);
+}
+
+int fe_notify_iomap_upsert(struct fe_session *se,
+			   const struct fuse_iomap_upsert_mappings_out *m)
+{
+	struct iovec iov[2] = {
+		[1] = { .iov_base = (void *)m, .iov_len = sizeof(*m) },
+	};
+
+	return fe_notify(se, FUSE_NOTIFY_IOMAP_UPSERT_MAPPINGS, iov, 2);
+}
+
+int fe_notify_iomap_inval(struct fe_session *se,
+			  const struct fuse_iomap_inval_mappings_out *m)
+{
+	struct iovec iov[2] = {
+		[1] = { .iov_base = (void *)m, .iov_len = sizeof(*m) },
+	};
+
+	return fe_notify(se, FUSE_NOTIFY_IOMAP_INVAL_MAPPINGS, iov, 2);
+}
+
+/* ------------------------------------------------------------------ */
+/* iomap device ioctls                                                 */
+/* ------------------------------------------------------------------ */
+
+int fe_iomap_probe(int fd, uint64_t *flags)
+{
+	struct fuse_iomap_support s;
+
+	memset(&s, 0, sizeof(s));
+	/* A kernel without the extension (and anything that is not
+	 * /dev/fuse) answers ENOTTY. */
+	if (ioctl(fd, FUSE_DEV_IOC_IOMAP_SUPPORT, &s) < 0)
+		return -errno;
+	if (flags)
+		*flags = s.flags;
+	return 0;
+}
+
+int fe_backing_open_iomap(struct fe_session *se, int devfd)
+{
+	struct fuse_backing_map map;
+	int id;
+
+	/* Outside serve there is no channel; before INIT the kernel has no
+	 * iomap connection to register with (EPERM). */
+	if (se->fd < 0 || !fe_session_conn(se))
+		return -ENOTCONN;
+	memset(&map, 0, sizeof(map));
+	map.fd = devfd;
+	map.flags = FUSE_BACKING_TYPE_IOMAP;
+	map.padding = 0;
+	id = ioctl(se->fd, FUSE_DEV_IOC_BACKING_OPEN, &map);
+	if (id < 0)
+		return -errno;
+	/* Ids start at 1; 0 would be FUSE_IOMAP_DEV_NULL in a mapping. */
+	if (id == 0)
+		return -EPROTO;
+	if (se->debug)
+		fprintf(stderr, "fe[%ld] iomap device fd %d registered as %d\n",
+			fe_gettid(), devfd, id);
+	return id;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1001,6 +1335,19 @@ static void fe_do_destroy(struct fe_session *se, struct fe_req *req)
 	fe_request_stop(se, 0);
 }
 
+static bool fe_is_iomap_opcode(uint32_t opcode)
+{
+	return opcode >= FUSE_FREEZE_FS && opcode <= FUSE_IOMAP_END;
+}
+
+/* Whether FUSE_IOMAP was agreed in INIT. */
+static bool fe_iomap_agreed(struct fe_session *se)
+{
+	const struct fe_conn *c = fe_session_conn(se);
+
+	return c && (c->flags & FUSE_IOMAP);
+}
+
 /* Call the operation for a checked request.  Returns false if there is no
  * operation for it. */
 static bool fe_call_op(struct fe_session *se, struct fe_req *req,
@@ -1008,6 +1355,11 @@ static bool fe_call_op(struct fe_session *se, struct fe_req *req,
 {
 	const struct fe_ops *o = se->ops;
 	uint64_t n = req->nodeid;
+
+	/* Only an iomap connection carries the iomap tree's opcodes; from any
+	 * other peer they are refused before the filesystem sees them. */
+	if (fe_is_iomap_opcode(req->opcode) && !fe_iomap_agreed(se))
+		return false;
 
 #define CALL(fn, ...) do { if (!o->fn) return false; o->fn(__VA_ARGS__); } while (0)
 	switch (req->opcode) {
@@ -1149,6 +1501,33 @@ static bool fe_call_op(struct fe_session *se, struct fe_req *req,
 	case FUSE_BMAP:
 		CALL(bmap, req, n, a->arg);
 		break;
+	/*
+	 * iomap.  ENOSYS (a NULL operation) means to the kernel: for
+	 * IOMAP_CONFIG, keep the defaults; for BEGIN, fall back (direct I/O
+	 * becomes buffered); for END and IOEND, never send them again; for
+	 * FREEZE_FS, freezing is not supported (EOPNOTSUPP).
+	 */
+	case FUSE_IOMAP_CONFIG:
+		CALL(iomap_config, req, a->arg);
+		break;
+	case FUSE_IOMAP_BEGIN:
+		CALL(iomap_begin, req, n, a->arg);
+		break;
+	case FUSE_IOMAP_END:
+		CALL(iomap_end, req, n, a->arg);
+		break;
+	case FUSE_IOMAP_IOEND:
+		CALL(iomap_ioend, req, n, a->arg);
+		break;
+	case FUSE_FREEZE_FS:
+		CALL(freezefs, req, n, a->arg);
+		break;
+	case FUSE_UNFREEZE_FS:
+		CALL(unfreezefs, req, n);
+		break;
+	case FUSE_SHUTDOWN_FS:
+		CALL(shutdownfs, req, n, a->arg);
+		break;
 	default:
 		return false;
 	}
@@ -1243,6 +1622,8 @@ static void fe_handle(struct fe_worker *w, size_t n)
 	err = fe_parse_args(se, &ih, d, w->buf + sizeof(ih), bodylen, &a);
 	if (err)
 		goto reject;
+	if (se->debug && fe_is_iomap_opcode(ih.opcode))
+		fe_trace_iomap_request(ih.opcode, a.arg);
 
 	if (ih.opcode == FUSE_INIT) {
 		fe_do_init(w, req, a.arg, bodylen);
@@ -1307,6 +1688,36 @@ static void fe_wake_handler(int sig)
 	(void)sig;
 }
 
+/*
+ * iomap requests can come from memory reclaim and writeback: a worker that
+ * allocated memory with filesystem reclaim allowed could end up waiting for
+ * itself.  Once FUSE_IOMAP is agreed each worker asks the kernel, once, to
+ * treat its allocations as GFP_NOFS.  A failure is not fatal; it is
+ * reported once per session, except ENOTTY (a socket, or a kernel without
+ * the ioctl, which then has no iomap either).
+ */
+static void fe_worker_nofs(struct fe_worker *w)
+{
+	struct fe_session *se = w->se;
+	uint32_t one = 1;
+	int err;
+
+	if (w->nofs_done || !fe_iomap_agreed(se))
+		return;
+	w->nofs_done = true;
+	if (ioctl(w->fd, FUSE_DEV_IOC_SET_NOFS, &one) == 0) {
+		if (se->debug)
+			fprintf(stderr, "fe[%ld] SET_NOFS done\n", w->tid);
+		return;
+	}
+	err = errno;
+	if (err == ENOTTY)
+		return;
+	if (!__atomic_exchange_n(&se->nofs_logged, true, __ATOMIC_ACQ_REL))
+		fe_log("FUSE_DEV_IOC_SET_NOFS failed: %s; a worker might "
+		       "deadlock in memory reclaim", strerror(err));
+}
+
 /* Read one message.  Returns its size, 0 at end of channel, or -errno. */
 static ssize_t fe_read_msg(struct fe_worker *w)
 {
@@ -1336,6 +1747,9 @@ static void *fe_worker_main(void *arg)
 	for (;;) {
 		ssize_t n;
 
+		/* Before reading: read() itself may allocate. */
+		if (!fe_stopping(se))
+			fe_worker_nofs(w);
 		/* The wake-up signal is deliverable only around read(), so it
 		 * never interrupts a system call inside an operation. */
 		pthread_sigmask(SIG_UNBLOCK, &wake, NULL);
@@ -1347,6 +1761,9 @@ static void *fe_worker_main(void *arg)
 		pthread_sigmask(SIG_BLOCK, &wake, NULL);
 
 		if (n > 0) {
+			/* A worker that was already waiting in read() when
+			 * INIT was answered catches up here. */
+			fe_worker_nofs(w);
 			fe_handle(w, (size_t)n);
 			continue;
 		}

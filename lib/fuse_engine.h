@@ -53,7 +53,8 @@ struct fe_conn {
 	uint32_t kernel_major;
 	uint32_t kernel_minor;
 	uint32_t major;		/* agreed */
-	uint32_t minor;		/* agreed: min(kernel, engine maximum) */
+	uint32_t minor;		/* agreed: min(kernel, 45); 99 with FUSE_IOMAP
+				 * (still the kernel's view while in init) */
 	uint64_t kernel_flags;	/* offered: flags | flags2 << 32 */
 	uint64_t want;		/* set by the filesystem */
 	uint64_t flags;		/* agreed */
@@ -152,6 +153,8 @@ struct fe_ops {
 	/*
 	 * The iomap extension (protocol 7.99).  IOMAP_CONFIG (nodeid 0) is
 	 * the place to register the block device (fe_backing_open_iomap).
+	 * Unless FUSE_IOMAP was agreed in INIT the engine answers these
+	 * seven opcodes with ENOSYS itself.
 	 */
 	void (*iomap_config)(struct fe_req *req,
 			     const struct fuse_iomap_config_in *arg);
@@ -216,7 +219,10 @@ int fe_reply_xattr_size(struct fe_req *req, uint32_t size);
 int fe_reply_lseek(struct fe_req *req, uint64_t offset);
 int fe_reply_statx(struct fe_req *req, const struct fuse_statx_out *sx);
 int fe_reply_bmap(struct fe_req *req, uint64_t block);
-/* iomap replies; each has the exact size the kernel demands. */
+/* iomap replies.  BEGIN (64 bytes) and IOEND (8) have the exact sizes the
+ * kernel demands; CONFIG sends 96 bytes, which every revision of the
+ * series accepts, or 104 when FUSE_IOMAP_CONFIG_CACHE_MAXBYTES is set.
+ * Set only the CONFIG flags the kernel offered in fuse_iomap_config_in. */
 int fe_reply_iomap_config(struct fe_req *req,
 			  const struct fuse_iomap_config_out *out);
 int fe_reply_iomap_begin(struct fe_req *req,
@@ -260,7 +266,8 @@ int fe_notify_iomap_inval(struct fe_session *se,
  * fe_backing_open_iomap: register a block device (opened O_RDWR, or
  * O_RDONLY for read-only mounts) with the mounted session for use in
  * mappings; returns the device id (> 0) or -errno.  Call it after INIT,
- * e.g. from iomap_config.
+ * e.g. from iomap_config.  It and the notifications above return
+ * -ENOTCONN before INIT is answered or outside fe_session_serve().
  *
  * Once FUSE_IOMAP is agreed, every worker thread marks itself with
  * FUSE_DEV_IOC_SET_NOFS before reading its next request, since iomap

@@ -6,7 +6,16 @@
  *   /hello   "hello world\n"      (node 2)
  *   /link    symlink -> "hello"   (node 3)
  *
- * Usage: fe_toy [-d] [-t THREADS] MOUNTPOINT
+ * Usage: fe_toy [-d] [-i] [-t THREADS] MOUNTPOINT
+ *
+ * -i adds a trivial iomap mode: the toy asks for FUSE_IOMAP in INIT, probes
+ * the channel with FUSE_DEV_IOC_IOMAP_SUPPORT at startup, tries to register
+ * a device when IOMAP_CONFIG arrives and answers it with a 4096-byte block
+ * size, maps every IOMAP_BEGIN as a hole (write mapping: pure overwrite),
+ * answers IOEND with the larger of the file size and pos + written after
+ * sending one of each iomap notification, and logs FREEZE_FS, UNFREEZE_FS
+ * and SHUTDOWN_FS.  The results of the ioctls and notifications and the
+ * arguments of freeze/shutdown are logged to stderr as "fe_toy: ..." lines.
  *
  * MOUNTPOINT may be /dev/fd/N: libfuse then mounts nothing and the engine
  * serves fd N, which may be one end of a SOCK_SEQPACKET socketpair whose
@@ -91,12 +100,16 @@ static void toy_entry(const struct toy_node *n, struct fuse_entry_out *e)
 	toy_attr(n, &e->attr);
 }
 
+static bool toy_iomap;
+
 static void toy_init(void *fs, struct fe_conn *conn)
 {
 	(void)fs;
 	conn->want = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS |
 		     FUSE_READDIRPLUS_AUTO | FUSE_PARALLEL_DIROPS |
 		     FUSE_CACHE_SYMLINKS;
+	if (toy_iomap)
+		conn->want |= FUSE_IOMAP;
 }
 
 static void toy_destroy(void *fs)
@@ -329,7 +342,152 @@ static void toy_mkdir(struct fe_req *req, uint64_t parent, const char *name,
 	fe_reply_err(req, EROFS);
 }
 
-static const struct fe_ops toy_ops = {
+/* ---- the iomap mode (-i) ---- */
+
+#define TOY_BLOCK	4096ULL
+/* Mappings stay below this, far from any overflow. */
+#define TOY_MAXBYTES	(1ULL << 62)
+
+static void toy_iomap_config(struct fe_req *req,
+			     const struct fuse_iomap_config_in *arg)
+{
+	struct fuse_iomap_config_out out;
+	int devfd, id;
+
+	/* There is no device; /dev/null stands in for one, so that the call
+	 * and its failure (ENOTTY on a socket, ENODEV on an iomap kernel)
+	 * can be observed. */
+	devfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	id = fe_backing_open_iomap(req->se, devfd);
+	fprintf(stderr, "fe_toy: backing_open %d\n", id);
+	if (devfd >= 0)
+		close(devfd);
+
+	memset(&out, 0, sizeof(out));
+	/* Only what the kernel said it understands. */
+	out.flags = (FUSE_IOMAP_CONFIG_SID | FUSE_IOMAP_CONFIG_BLOCKSIZE |
+		     FUSE_IOMAP_CONFIG_CACHE_MAXBYTES) & arg->flags;
+	snprintf(out.s_id, sizeof(out.s_id), "fe_toy");
+	out.s_blocksize = TOY_BLOCK;
+	out.cache_maxbytes = 65536;
+	fe_reply_iomap_config(req, &out);
+}
+
+/* The block-aligned range covering [pos, pos + count), at least one block. */
+static void toy_hole(struct fuse_iomap_io *m, uint64_t pos, uint64_t count)
+{
+	uint64_t last = count ? pos + count - 1 : pos;
+
+	if (last < pos || last >= TOY_MAXBYTES)
+		last = TOY_MAXBYTES - 1;
+	memset(m, 0, sizeof(*m));
+	m->offset = pos & ~(TOY_BLOCK - 1);
+	m->length = (last | (TOY_BLOCK - 1)) + 1 - m->offset;
+	m->addr = FUSE_IOMAP_NULL_ADDR;
+	m->type = FUSE_IOMAP_TYPE_HOLE;
+	m->dev = FUSE_IOMAP_DEV_NULL;
+}
+
+static void toy_pure_overwrite(struct fuse_iomap_io *w,
+			       const struct fuse_iomap_io *r)
+{
+	memset(w, 0, sizeof(*w));
+	w->offset = r->offset;
+	w->length = r->length;
+	w->addr = FUSE_IOMAP_NULL_ADDR;
+	w->type = FUSE_IOMAP_TYPE_PURE_OVERWRITE;
+	w->dev = FUSE_IOMAP_DEV_NULL;
+}
+
+static void toy_iomap_begin(struct fe_req *req, uint64_t nodeid,
+			    const struct fuse_iomap_begin_in *arg)
+{
+	struct fuse_iomap_begin_out out;
+
+	if (nodeid != TOY_HELLO) {
+		fe_reply_err(req, toy_node(nodeid) ? EINVAL : ENOENT);
+		return;
+	}
+	if (arg->pos >= TOY_MAXBYTES) {
+		fe_reply_err(req, EFBIG);
+		return;
+	}
+	toy_hole(&out.read, arg->pos, arg->count);
+	toy_pure_overwrite(&out.write, &out.read);
+	fe_reply_iomap_begin(req, &out);
+}
+
+static void toy_iomap_end(struct fe_req *req, uint64_t nodeid,
+			  const struct fuse_iomap_end_in *arg)
+{
+	(void)arg;
+	if (nodeid != TOY_HELLO) {
+		fe_reply_err(req, toy_node(nodeid) ? EINVAL : ENOENT);
+		return;
+	}
+	fe_reply_ok(req);
+}
+
+static void toy_iomap_ioend(struct fe_req *req, uint64_t nodeid,
+			    const struct fuse_iomap_ioend_in *arg)
+{
+	uint64_t size = toy_node(TOY_HELLO)->size;
+	uint64_t end = arg->pos + arg->written;
+	struct fuse_iomap_inval_mappings_out inval;
+	struct fuse_iomap_upsert_mappings_out upsert;
+	int r1, r2, r3;
+
+	if (nodeid != TOY_HELLO) {
+		fe_reply_err(req, toy_node(nodeid) ? EINVAL : ENOENT);
+		return;
+	}
+	if (end < arg->pos)
+		end = UINT64_MAX;
+	if (arg->error == 0 && end > size)
+		size = end;
+
+	/* One of each notification, so the tests can check their bodies. */
+	memset(&inval, 0, sizeof(inval));
+	inval.nodeid = nodeid;
+	inval.attr_ino = arg->attr_ino;
+	inval.read.offset = inval.write.offset = arg->pos;
+	inval.read.length = inval.write.length = arg->written;
+	r1 = fe_notify_iomap_inval(req->se, &inval);
+	memset(&upsert, 0, sizeof(upsert));
+	upsert.nodeid = nodeid;
+	upsert.attr_ino = arg->attr_ino;
+	toy_hole(&upsert.read, arg->pos < TOY_MAXBYTES ? arg->pos : 0, 0);
+	toy_pure_overwrite(&upsert.write, &upsert.read);
+	r2 = fe_notify_iomap_upsert(req->se, &upsert);
+	r3 = fe_notify_iomap_dev_inval(req->se, 1, arg->pos, arg->written);
+	fprintf(stderr, "fe_toy: ioend notify %d %d %d\n", r1, r2, r3);
+
+	fe_reply_iomap_ioend(req, size);
+}
+
+static void toy_freezefs(struct fe_req *req, uint64_t nodeid,
+			 const struct fuse_freezefs_in *arg)
+{
+	fprintf(stderr, "fe_toy: freeze %llu unlinked=%llu\n",
+		(unsigned long long)nodeid, (unsigned long long)arg->unlinked);
+	fe_reply_ok(req);
+}
+
+static void toy_unfreezefs(struct fe_req *req, uint64_t nodeid)
+{
+	fprintf(stderr, "fe_toy: unfreeze %llu\n", (unsigned long long)nodeid);
+	fe_reply_ok(req);
+}
+
+static void toy_shutdownfs(struct fe_req *req, uint64_t nodeid,
+			   const struct fuse_shutdownfs_in *arg)
+{
+	fprintf(stderr, "fe_toy: shutdown %llu flags=%llu\n",
+		(unsigned long long)nodeid, (unsigned long long)arg->flags);
+	fe_reply_ok(req);
+}
+
+static struct fe_ops toy_ops = {
 	.init = toy_init,
 	.destroy = toy_destroy,
 	.lookup = toy_lookup,
@@ -366,7 +524,7 @@ static void *toy_signal_thread(void *arg)
 
 static void usage(FILE *f, const char *prog)
 {
-	fprintf(f, "usage: %s [-d] [-t THREADS] MOUNTPOINT\n", prog);
+	fprintf(f, "usage: %s [-d] [-i] [-t THREADS] MOUNTPOINT\n", prog);
 }
 
 int main(int argc, char *argv[])
@@ -381,11 +539,21 @@ int main(int argc, char *argv[])
 	sigset_t set;
 	int opt, ret = 2;
 
-	while ((opt = getopt(argc, argv, "dt:h")) != -1) {
+	while ((opt = getopt(argc, argv, "dit:h")) != -1) {
 		switch (opt) {
 		case 'd':
 			cfg.debug = true;
 			toy_debug = true;
+			break;
+		case 'i':
+			toy_iomap = true;
+			toy_ops.iomap_config = toy_iomap_config;
+			toy_ops.iomap_begin = toy_iomap_begin;
+			toy_ops.iomap_end = toy_iomap_end;
+			toy_ops.iomap_ioend = toy_iomap_ioend;
+			toy_ops.freezefs = toy_freezefs;
+			toy_ops.unfreezefs = toy_unfreezefs;
+			toy_ops.shutdownfs = toy_shutdownfs;
 			break;
 		case 't': {
 			char *end;
@@ -441,6 +609,13 @@ int main(int argc, char *argv[])
 		goto out;
 	}
 
+	if (toy_iomap) {
+		uint64_t flags = 0;
+		int r = fe_iomap_probe(fuse_session_fd(fse), &flags);
+
+		fprintf(stderr, "fe_toy: iomap probe %d flags=%#llx\n", r,
+			(unsigned long long)flags);
+	}
 	ret = fe_session_serve(se, fuse_session_fd(fse)) == 0 ? 0 : 2;
 	fuse_session_unmount(fse);
 out:

@@ -14,6 +14,8 @@ Env FE_TOY: path of the fe_toy binary (tests are skipped without it).
 """
 
 import os
+import re
+import shutil
 import signal
 import socket
 import stat
@@ -38,7 +40,10 @@ FUSE_SETXATTR = 21
 FUSE_INIT, FUSE_OPENDIR, FUSE_READDIR = 26, 27, 28
 FUSE_INTERRUPT, FUSE_DESTROY = 36, 38
 FUSE_BATCH_FORGET, FUSE_READDIRPLUS = 42, 44
-FUSE_IOMAP_BEGIN = 4094
+FUSE_FREEZE_FS, FUSE_UNFREEZE_FS, FUSE_SHUTDOWN_FS = 4089, 4090, 4091
+FUSE_IOMAP_CONFIG, FUSE_IOMAP_IOEND = 4092, 4093
+FUSE_IOMAP_BEGIN, FUSE_IOMAP_END = 4094, 4095
+IOMAP_OPCODES = range(FUSE_FREEZE_FS, FUSE_IOMAP_END + 1)
 
 FUSE_ASYNC_READ = 1 << 0
 FUSE_POSIX_LOCKS = 1 << 1
@@ -56,6 +61,25 @@ FUSE_EXT_GROUPS = 32
 
 EIO, EINVAL, ENOSYS, EAGAIN, EPROTO, ENOENT, EROFS = 5, 22, 38, 11, 71, 2, 30
 EINTR = 4
+ENOTTY = 25
+
+# iomap (fuse-abi.md section 2; the iomap tree's v7 ABI).
+FUSE_NOTIFY_IOMAP_DEV_INVAL = 99
+FUSE_NOTIFY_IOMAP_UPSERT_MAPPINGS = 100
+FUSE_NOTIFY_IOMAP_INVAL_MAPPINGS = 101
+IOMAP_TYPE_HOLE, IOMAP_TYPE_PURE_OVERWRITE = 0, 255
+IOMAP_OP_WRITE, IOMAP_OP_DIRECT = 1 << 0, 1 << 4
+IOMAP_IOEND_APPEND = 1 << 4
+IOMAP_CONFIG_SID, IOMAP_CONFIG_BLOCKSIZE = 1 << 0, 1 << 2
+IOMAP_CONFIG_CACHE_MAXBYTES = 1 << 6
+NULL_ADDR = 2**64 - 1
+IOMAP_IO = struct.Struct("<QQQHHI")                 # 32 bytes
+BEGIN_IN = struct.Struct("<IIQQQ")                  # 32
+END_IN = struct.Struct("<IIQQQq")                   # 40, then fuse_iomap_io
+IOEND_IN = struct.Struct("<IiQQQQII")               # 48
+CONFIG_IN = struct.Struct("<QqII40x")               # 64
+CONFIG_OUT = struct.Struct("<Q32s16sB3sIIIqqqI4x")  # 104
+RANGE = struct.Struct("<QQ")
 
 IN_HEADER = struct.Struct("<IIQQIIIHH")      # 40 bytes
 OUT_HEADER = struct.Struct("<IiQ")           # 16 bytes
@@ -115,6 +139,12 @@ class Peer:
         if error:
             assert len(msg) == 16, "an error reply must be header-only"
         return error, unique, msg[16:]
+
+    def recv_raw(self):
+        """One message, unchecked: (out_header fields, body)."""
+        msg = self.sock.recv(1 << 21)
+        assert len(msg) >= 16, "message shorter than a header: %r" % msg
+        return OUT_HEADER.unpack_from(msg), msg[16:]
 
     def call(self, opcode, unique, nodeid=0, body=b"", extlen=0):
         self.send(request(opcode, unique, nodeid, body, extlen))
@@ -531,6 +561,369 @@ def test_debug_trace(peer):
     assert "reply unique=1236 error=-2" in err
 
 
+# --- iomap (protocol 7.99) ----------------------------------------------------
+#
+# fe_toy -i asks for FUSE_IOMAP and answers the iomap opcodes trivially (see
+# fe_toy.c).  No kernel here has the iomap extension, so the test plays an
+# iomap kernel and checks every reply against the rules of fuse-abi.md 2.4:
+# fixed-size replies must have exactly their size, errors are header-only.
+
+IOMAP_KERNEL_FLAGS = KERNEL_FLAGS | FUSE_IOMAP
+
+
+def iomap_init(p, minor=99, flags=IOMAP_KERNEL_FLAGS):
+    error, payload = p.init(minor=minor, flags=flags)
+    assert error == 0
+    return parse_init_out(payload)
+
+
+@pytest.fixture
+def iomap(peer):
+    """fe_toy -i after an INIT that agreed on iomap."""
+    p = peer("-i")
+    out = iomap_init(p)
+    assert out["flags2"] << 32 & FUSE_IOMAP
+    return p
+
+
+def toy_log(p, prefix):
+    return [line for line in p.stderr().splitlines()
+            if line.startswith("fe_toy: " + prefix)]
+
+
+def finish(p):
+    """Close the channel and return the toy's stderr once it has exited."""
+    p.sock.close()
+    assert p.wait() == 0
+    return p.stderr()
+
+
+def parse_iomap_io(raw):
+    keys = ("offset", "length", "addr", "type", "flags", "dev")
+    return dict(zip(keys, IOMAP_IO.unpack(raw)))
+
+
+def check_mapping(m, pos, blocksize=4096):
+    # The kernel's per-mapping validation (fuse-abi.md 2.9).
+    assert m["length"] != 0
+    assert m["offset"] % blocksize == 0 and m["length"] % blocksize == 0
+    assert m["offset"] <= pos < m["offset"] + m["length"]
+    assert m["offset"] + m["length"] < 2**64
+    assert m["flags"] & ~0xFF == 0
+
+
+def test_init_iomap_agreed(peer):
+    p = peer("-i")
+    out = iomap_init(p)
+    agreed = out["flags"] | out["flags2"] << 32
+    # The kernel keeps the minor of the reply; iomap needs exactly 99.
+    assert out["minor"] == 99
+    assert agreed & FUSE_IOMAP
+    assert agreed & FUSE_INIT_EXT, "flags2 is read only with INIT_EXT"
+    assert agreed & ~IOMAP_KERNEL_FLAGS == 0
+    # The engine still sizes everything as for any other kernel.
+    assert out["max_write"] == MAX_WRITE
+    assert out["request_timeout"] == 0
+
+
+@pytest.mark.parametrize("minor,flags", [
+    (45, KERNEL_FLAGS),                     # stock 6.18
+    (45, IOMAP_KERNEL_FLAGS),               # a stray bit at minor 45
+    (99, KERNEL_FLAGS),                     # iomap tree, iomap not allowed
+    (99, IOMAP_KERNEL_FLAGS & ~FUSE_INIT_EXT),  # flags2 not valid
+])
+def test_init_iomap_not_offered(peer, minor, flags):
+    p = peer("-i")
+    out = iomap_init(p, minor=minor, flags=flags)
+    assert not (out["flags"] | out["flags2"] << 32) & FUSE_IOMAP
+    assert out["minor"] == 45
+    # And the iomap opcodes do not reach the filesystem.
+    assert p.call(FUSE_IOMAP_BEGIN, 4, 2, BEGIN_IN.pack(0, 0, 2, 0, 1))[0] \
+        == -ENOSYS
+
+
+def test_iomap_opcodes_refused_without_iomap(peer):
+    # The toy implements all seven; without FUSE_IOMAP agreed the engine
+    # answers ENOSYS itself and the toy never sees them.
+    p = peer("-i")
+    iomap_init(p, minor=45, flags=KERNEL_FLAGS)
+    sizes = {FUSE_FREEZE_FS: 8, FUSE_UNFREEZE_FS: 0, FUSE_SHUTDOWN_FS: 8,
+             FUSE_IOMAP_CONFIG: 64, FUSE_IOMAP_IOEND: 48,
+             FUSE_IOMAP_BEGIN: 32, FUSE_IOMAP_END: 72}
+    for i, op in enumerate(IOMAP_OPCODES):
+        nodeid = 0 if op == FUSE_IOMAP_CONFIG else 1
+        assert p.call(op, 10 + 2 * i, nodeid, bytes(sizes[op]))[0] == -ENOSYS
+    err = finish(p)
+    for what in ("freeze", "unfreeze", "shutdown", "backing_open", "ioend"):
+        assert "fe_toy: " + what not in err
+
+
+def test_iomap_config_reply(iomap):
+    # A v7 kernel accepts every config flag: all 104 bytes come back.
+    body = CONFIG_IN.pack(0x7F, 2**63 - 1, 262144, 0)
+    error, payload = iomap.call(FUSE_IOMAP_CONFIG, 4, 0, body)
+    assert error == 0
+    assert len(payload) == 104
+    (flags, s_id, _, uuid_len, s_pad, blocksize, _, _, _, _, _,
+     cache_maxbytes) = CONFIG_OUT.unpack(payload)
+    assert flags == (IOMAP_CONFIG_SID | IOMAP_CONFIG_BLOCKSIZE |
+                     IOMAP_CONFIG_CACHE_MAXBYTES)
+    assert s_id.rstrip(b"\0") == b"fe_toy"
+    assert uuid_len == 0 and s_pad == bytes(3)
+    assert blocksize == 4096
+    assert cache_maxbytes == 65536
+    # An older revision without the mapping cache: its struct is 96 bytes,
+    # and a longer reply would fail the mount.
+    body = CONFIG_IN.pack(0x3F, 2**63 - 1, 0, 0)
+    error, payload = iomap.call(FUSE_IOMAP_CONFIG, 6, 0, body)
+    assert error == 0
+    assert len(payload) == 96
+    assert payload == CONFIG_OUT.pack(
+        IOMAP_CONFIG_SID | IOMAP_CONFIG_BLOCKSIZE, b"fe_toy", b"", 0,
+        bytes(3), 4096, 0, 0, 0, 0, 0, 0)[:96]
+    # The toy registers its device from IOMAP_CONFIG; on a socket the
+    # ioctl fails with ENOTTY, and the engine reports that as is.
+    assert toy_log(iomap, "backing_open") == [
+        "fe_toy: backing_open %d" % -ENOTTY] * 2
+
+
+@pytest.mark.parametrize("opflags,pos,count,start,length", [
+    (0, 0, 12, 0, 4096),
+    (IOMAP_OP_WRITE, 5000, 10000, 4096, 12288),
+    (IOMAP_OP_WRITE | IOMAP_OP_DIRECT, 8192, 4096, 8192, 4096),
+    (0, 4095, 0, 0, 4096),
+])
+def test_iomap_begin_reply(iomap, opflags, pos, count, start, length):
+    body = BEGIN_IN.pack(opflags, 0, 2, pos, count)
+    error, payload = iomap.call(FUSE_IOMAP_BEGIN, 4, 2, body)
+    assert error == 0
+    assert len(payload) == 64
+    read = parse_iomap_io(payload[:32])
+    write = parse_iomap_io(payload[32:])
+    check_mapping(read, pos)
+    check_mapping(write, pos)
+    assert read == {"offset": start, "length": length, "addr": NULL_ADDR,
+                    "type": IOMAP_TYPE_HOLE, "flags": 0, "dev": 0}
+    assert write == dict(read, type=IOMAP_TYPE_PURE_OVERWRITE)
+
+
+def test_iomap_begin_error_is_header_only(iomap):
+    # Peer.recv checks that an error reply is exactly the header.
+    body = BEGIN_IN.pack(0, 0, 1, 0, 4096)
+    assert iomap.call(FUSE_IOMAP_BEGIN, 4, 1, body)[0] == -EINVAL
+    assert iomap.call(FUSE_IOMAP_BEGIN, 6, 42, body)[0] == -ENOENT
+
+
+def test_iomap_end_reply(iomap):
+    body = END_IN.pack(IOMAP_OP_WRITE, 0, 2, 0, 8192, 4096) + \
+        IOMAP_IO.pack(0, 8192, NULL_ADDR, IOMAP_TYPE_HOLE, 0, 0)
+    assert len(body) == 72
+    assert iomap.call(FUSE_IOMAP_END, 4, 2, body) == (0, b"")
+
+
+def test_iomap_ioend_reply_and_notifications(iomap):
+    # The toy sends one of each iomap notification before answering IOEND.
+    body = IOEND_IN.pack(IOMAP_IOEND_APPEND, 0, 2, 8192, NULL_ADDR, 4096,
+                         0, 0)
+    iomap.send(request(FUSE_IOMAP_IOEND, 4, 2, body))
+    (length, code, unique), msg = iomap.recv_raw()
+    assert (length, code, unique) == (16 + 48, FUSE_NOTIFY_IOMAP_INVAL_MAPPINGS,
+                                      0)
+    assert msg == struct.pack("<QQ", 2, 2) + RANGE.pack(8192, 4096) * 2
+    (length, code, unique), msg = iomap.recv_raw()
+    assert (length, code, unique) == (
+        16 + 80, FUSE_NOTIFY_IOMAP_UPSERT_MAPPINGS, 0)
+    assert msg[:16] == struct.pack("<QQ", 2, 2)
+    read, write = parse_iomap_io(msg[16:48]), parse_iomap_io(msg[48:])
+    check_mapping(read, 8192)
+    assert read["type"] == IOMAP_TYPE_HOLE
+    assert write == dict(read, type=IOMAP_TYPE_PURE_OVERWRITE)
+    (length, code, unique), msg = iomap.recv_raw()
+    assert (length, code, unique) == (16 + 24, FUSE_NOTIFY_IOMAP_DEV_INVAL, 0)
+    # dev, reserved (must be 0), then the device range.
+    assert msg == struct.pack("<II", 1, 0) + RANGE.pack(8192, 4096)
+    # The reply: exactly 8 bytes, the new on-disk size.
+    error, unique, payload = iomap.recv()
+    assert (error, unique) == (0, 4)
+    assert payload == struct.pack("<Q", 8192 + 4096)
+    # Inside EOF the size stays; the toy's file is 12 bytes long.
+    body = IOEND_IN.pack(0, 0, 2, 0, NULL_ADDR, 4, 0, 0)
+    iomap.send(request(FUSE_IOMAP_IOEND, 6, 2, body))
+    for _ in range(3):
+        assert iomap.recv_raw()[0][2] == 0
+    error, unique, payload = iomap.recv()
+    assert (error, unique, payload) == (0, 6, struct.pack("<Q", len(HELLO)))
+    assert toy_log(iomap, "ioend notify") == ["fe_toy: ioend notify 0 0 0"] * 2
+
+
+@pytest.mark.parametrize("op,size", [
+    (FUSE_IOMAP_CONFIG, 64), (FUSE_IOMAP_BEGIN, 32), (FUSE_IOMAP_END, 72),
+    (FUSE_IOMAP_IOEND, 48), (FUSE_FREEZE_FS, 8), (FUSE_SHUTDOWN_FS, 8),
+])
+def test_truncated_iomap_requests_are_einval(iomap, op, size):
+    nodeid = 0 if op == FUSE_IOMAP_CONFIG else 2
+    for unique, cut in ((4, size - 1), (6, size // 2), (8, 0)):
+        assert iomap.call(op, unique, nodeid, bytes(cut))[0] == -EINVAL
+    # Exactly the size is accepted, and nothing reached the toy before.
+    err_before = iomap.stderr()
+    body = bytes(size)
+    if op == FUSE_IOMAP_BEGIN:
+        body = BEGIN_IN.pack(0, 0, 2, 0, 4096)
+    iomap.send(request(op, 10, nodeid, body))
+    while True:
+        (_, error, unique), payload = iomap.recv_raw()
+        if unique:      # skip the notifications the toy sends on IOEND
+            break
+    assert (error, unique) == (0, 10)
+    assert len(payload) == {FUSE_IOMAP_CONFIG: 96, FUSE_IOMAP_BEGIN: 64,
+                            FUSE_IOMAP_IOEND: 8}.get(op, 0)
+    for what in ("freeze", "shutdown", "backing_open", "ioend"):
+        assert "fe_toy: " + what not in err_before
+
+
+def test_freeze_unfreeze_shutdown_dispatch(iomap):
+    assert iomap.call(FUSE_FREEZE_FS, 4, 1, struct.pack("<Q", 3)) == (0, b"")
+    assert iomap.call(FUSE_UNFREEZE_FS, 6, 1) == (0, b"")
+    assert iomap.call(FUSE_SHUTDOWN_FS, 8, 1, struct.pack("<Q", 0)) == (0, b"")
+    err = finish(iomap)
+    assert [line for line in err.splitlines()
+            if re.match(r"fe_toy: (freeze|unfreeze|shutdown)", line)] == [
+        "fe_toy: freeze 1 unlinked=3", "fe_toy: unfreeze 1",
+        "fe_toy: shutdown 1 flags=0"]
+
+
+def test_iomap_probe_on_socket_is_enotty(peer):
+    # fe_toy -i probes its channel before serving; a socket has no such
+    # ioctl, which fe_iomap_probe reports as -ENOTTY (like a kernel
+    # without the extension).
+    p = peer("-i")
+    iomap_init(p)
+    assert toy_log(p, "iomap probe") == [
+        "fe_toy: iomap probe %d flags=0" % -ENOTTY]
+
+
+def test_iomap_debug_trace(peer):
+    p = peer("-i", "-d")
+    iomap_init(p)
+    assert p.call(FUSE_IOMAP_CONFIG, 4, 0,
+                  CONFIG_IN.pack(0x7F, 2**63 - 1, 262144, 0))[0] == 0
+    body = BEGIN_IN.pack(IOMAP_OP_WRITE | IOMAP_OP_DIRECT, 0, 2, 5000, 10000)
+    assert p.call(FUSE_IOMAP_BEGIN, 6, 2, body)[0] == 0
+    p.send(request(FUSE_IOMAP_IOEND, 8, 2, IOEND_IN.pack(
+        IOMAP_IOEND_APPEND, 0, 2, 8192, NULL_ADDR, 4096, 1, 0)))
+    while p.recv_raw()[0][2] != 8:
+        pass
+    err = finish(p)
+    assert "op=IOMAP_CONFIG(4092) nodeid=0 len=104" in err
+    assert "flags=0x7f(SID|UUID|BLOCKSIZE|MAX_LINKS|TIME|MAXBYTES|" \
+           "CACHE_MAXBYTES) maxbytes=9223372036854775807 " \
+           "cache_maxbytes=262144" in err
+    assert "iomap config flags=0x45(SID|BLOCKSIZE|CACHE_MAXBYTES) " \
+           "blocksize=4096" in err
+    assert "op=IOMAP_BEGIN(4094) nodeid=2 len=72" in err
+    assert "opflags=0x11(WRITE|DIRECT) attr_ino=2 pos=5000 count=10000" in err
+    assert "iomap read={offset=4096 length=12288 type=HOLE flags=0 dev=0 " \
+           "addr=null} write={offset=4096 length=12288 " \
+           "type=PURE_OVERWRITE flags=0 dev=0 addr=null}" in err
+    assert "flags=0x10(APPEND) error=0 attr_ino=2 pos=8192 written=4096 " \
+           "dev=1" in err
+    assert "ioend newsize=12288" in err
+    # ENOTTY from SET_NOFS on a socket is expected and not reported.
+    assert "SET_NOFS" not in err
+
+
+def strace_usable():
+    if not shutil.which("strace"):
+        return False
+    r = subprocess.run(["strace", "-o", "/dev/null", "true"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return r.returncode == 0
+
+
+# Also matches the first half of a call strace shows as "<unfinished ...>".
+SET_NOFS_RE = re.compile(r"^(\d+) +ioctl\(\d+, _IOC\(_IOC_WRITE, 0xe5, 0x64, "
+                         r"0x4\)")
+
+
+@pytest.mark.skipif(not strace_usable(), reason="needs a working strace")
+@pytest.mark.parametrize("with_iomap", [True, False])
+def test_workers_set_nofs_once_after_iomap_init(tmp_path, with_iomap):
+    # Every worker issues FUSE_DEV_IOC_SET_NOFS (_IOW(229, 100, u32)) once
+    # after iomap was agreed, and never without iomap.  strace sees the
+    # calls although a socket answers them with ENOTTY.
+    trace = tmp_path / "strace.txt"
+    sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(5)
+    fd = theirs.fileno()
+    args = ["-i", "-t", "2"] if with_iomap else ["-t", "2"]
+    # LeakSanitizer cannot work under ptrace; a sanitized build would fail.
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = ":".join(
+        filter(None, [env.get("ASAN_OPTIONS"), "detect_leaks=0"]))
+    errfile = tmp_path / "stderr.txt"
+    with open(errfile, "wb") as err:
+        proc = subprocess.Popen(
+            ["strace", "-f", "-qq", "-e", "trace=ioctl,sendmsg,recvfrom",
+             "-o", str(trace), FE_TOY, *args, "/dev/fd/%d" % fd],
+            pass_fds=[fd], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=err, env=env)
+    theirs.close()
+    try:
+        # Let both workers block in recv() first: the one that does not get
+        # INIT must catch up after its read returns.
+        time.sleep(0.3)
+        flags = IOMAP_KERNEL_FLAGS
+        sock.send(request(FUSE_INIT, 2, 0, INIT_IN.pack(
+            7, 99, 131072, flags & 0xFFFFFFFF, flags >> 32)))
+        assert OUT_HEADER.unpack_from(sock.recv(4096))[1:] == (0, 2)
+        # Node 99's GETATTR keeps one worker busy until interrupted, so
+        # the next request reaches the other one: both read after INIT.
+        sock.send(request(FUSE_GETATTR, 4, 99, bytes(16)))
+        time.sleep(0.1)
+        sock.send(request(FUSE_GETATTR, 6, 1, bytes(16)))
+        replies = {}
+        deadline = time.monotonic() + 4
+        while 4 not in replies:
+            assert time.monotonic() < deadline
+            if 6 in replies:
+                sock.send(request(FUSE_INTERRUPT, 9, 0, struct.pack("<Q", 4)))
+            msg = sock.recv(4096)
+            _, error, unique = OUT_HEADER.unpack_from(msg)
+            replies[unique] = error
+            if unique == 9:
+                time.sleep(0.01)
+        assert replies[6] == 0 and replies[4] == -EINTR
+    finally:
+        sock.close()
+        try:
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, errfile.read_text()
+    lines = trace.read_text().splitlines()
+    nofs = [m.group(1) for m in map(SET_NOFS_RE.match, lines) if m]
+    if not with_iomap:
+        assert nofs == []
+        return
+    assert len(nofs) == 2 and len(set(nofs)) == 2, "\n".join(lines)
+    # The worker that answered INIT (the first sendmsg) marks itself before
+    # it reads again, and every later reply comes from a marked worker.
+    first = next(i for i, l in enumerate(lines) if " sendmsg(" in l)
+    tid = lines[first].split()[0]
+    after = [l for l in lines[first + 1:]
+             if l.split()[0] == tid and "resumed>" not in l]
+    assert SET_NOFS_RE.match(after[0]), "\n".join(lines)
+    marked = set()
+    for line in lines[first + 1:]:
+        m = SET_NOFS_RE.match(line)
+        if m:
+            marked.add(m.group(1))
+        elif " sendmsg(" in line:
+            assert line.split()[0] in marked, "\n".join(lines)
+
+
 # --- end of session ---------------------------------------------------------
 
 def test_destroy_replies_and_exits(ready):
@@ -716,3 +1109,22 @@ def test_mount_multithreaded_parallel_readers(mount):
         t.join()
     assert errors == []
     assert sorted(os.listdir(mnt)) == ["hello", "link"]
+
+
+@needs_mount
+def test_mount_iomap_mode_on_this_kernel(mount):
+    # On a kernel without the extension the probe answers ENOTTY, INIT
+    # offers no iomap, and the toy serves its tree classically.
+    m = mount("-i")
+    assert sorted(os.listdir(m.mnt)) == ["hello", "link"]
+    with open(os.path.join(m.mnt, "hello"), "rb") as f:
+        assert f.read() == HELLO
+    probe = [line for line in m.stderr().splitlines()
+             if line.startswith("fe_toy: iomap probe")]
+    assert len(probe) == 1
+    if not os.path.exists("/sys/module/fuse/parameters/enable_iomap"):
+        assert probe == ["fe_toy: iomap probe %d flags=0" % -ENOTTY]
+        assert "fe_toy: backing_open" not in m.stderr()
+    else:
+        assert re.fullmatch(r"fe_toy: iomap probe (0 flags=(0|0x[0-9a-f]+)|"
+                            r"-\d+ flags=0)", probe[0])
