@@ -126,6 +126,7 @@ void f4_free_options(struct f4_options *opts);
 
 /* super.c: opening, checking and describing the filesystem. */
 int f4_open_fs(struct f4fs *f4);
+int f4_mark_mounted(struct f4fs *f4);
 void f4_close_fs(struct f4fs *f4);
 int f4_flush(struct f4fs *f4, bool sync);
 void f4_statfs(struct fe_req *req, uint64_t nodeid);

@@ -132,6 +132,11 @@ void f4_fill_attr(struct f4fs *f4, ext2_ino_t ino,
 	attr->size = f4_inode_size(inode);
 	attr->blocks = ext2fs_get_stat_i_blocks(f4->fs,
 						(struct ext2_inode *)inode);
+	/* As ext4 reports regular files: data in the inode counts as
+	 * sectors, so that tar or rsync do not take them for sparse ones. */
+	if ((inode->i_flags & EXT4_INLINE_DATA_FL) &&
+	    LINUX_S_ISREG(inode->i_mode))
+		attr->blocks += (attr->size + 511) >> 9;
 	f4_decode_time(inode, inode->i_atime, inode->i_atime_extra,
 		       F4_FITS(inode, i_atime_extra), &sec, &nsec);
 	attr->atime = (uint64_t)sec;

@@ -226,6 +226,8 @@ int main(int argc, char **argv)
 		fuse = NULL;
 		goto out;
 	}
+	if (f4_mark_mounted(&f4))
+		goto out_unmount;
 
 	cfg.nthreads = f4.opts.threads;
 	cfg.debug = f4.opts.debug;

@@ -133,11 +133,15 @@ static int f4_process_orphans(struct f4fs *f4)
 	return ret;
 }
 
-static int f4_mark_mounted(struct f4fs *f4)
+/* Count the mount and mark the filesystem in use, once it is mounted. */
+int f4_mark_mounted(struct f4fs *f4)
 {
-	struct ext2_super_block *sb = f4->fs->super;
+	struct ext2_super_block *sb;
 	errcode_t err;
 
+	if (f4->ro)
+		return 0;
+	sb = f4->fs->super;
 	if (sb->s_max_mnt_count > 0 && sb->s_mnt_count >= sb->s_max_mnt_count)
 		f4_log("%s: maximal mount count reached, running e2fsck is "
 		       "recommended", f4->opts.device);
@@ -250,8 +254,6 @@ int f4_open_fs(struct f4fs *f4)
 	f4->fs->flags |= EXT2_FLAG_MASTER_SB_ONLY;
 	ext2fs_create_inode_cache(f4->fs, 1024);
 	ret = f4_process_orphans(f4);
-	if (ret == 0)
-		ret = f4_mark_mounted(f4);
 	if (ret)
 		goto out_fs;
 	return 0;
