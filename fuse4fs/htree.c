@@ -173,7 +173,8 @@ int f4_dx_index_dir(struct f4fs *f4, ext2_ino_t dir)
 		ret = c.err;
 	if (ret)
 		goto out;
-	qsort(c.v, c.n, sizeof(*c.v), f4_dx_cmp);
+	if (c.n > 1)
+		qsort(c.v, c.n, sizeof(*c.v), f4_dx_cmp);
 
 	limit = (bs - 32 - (ext2fs_has_feature_metadata_csum(sb) ?
 			    sizeof(struct ext2_dx_tail) : 0)) /

@@ -607,16 +607,17 @@ int f4_orphan_del(struct f4fs *f4, ext2_ino_t ino,
 	return f4_write_inode(f4, ino, inode);
 }
 
-/* Link counting as ext4 does it: directories on dir_nlink filesystems
- * stop counting (stay at 1) past the link limit. */
+/* Link counting as ext4 does it: an indexed directory stops counting (stays
+ * at 1) once it passes the link limit. */
 void f4_inc_nlink(struct f4fs *f4, struct ext2_inode_large *inode)
 {
-	if (LINUX_S_ISDIR(inode->i_mode) && inode->i_links_count == 1)
-		return;
+	bool dx = LINUX_S_ISDIR(inode->i_mode) &&
+		(inode->i_flags & EXT2_INDEX_FL) &&
+		ext2fs_has_feature_dir_index(f4->fs->super);
+
 	inode->i_links_count++;
-	if (LINUX_S_ISDIR(inode->i_mode) &&
-	    ext2fs_has_feature_dir_nlink(f4->fs->super) &&
-	    inode->i_links_count >= F4_LINK_MAX)
+	if (dx && (inode->i_links_count > F4_LINK_MAX ||
+		   inode->i_links_count == 2))
 		inode->i_links_count = 1;
 }
 

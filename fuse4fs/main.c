@@ -19,6 +19,8 @@
 #define FUSE_USE_VERSION 34
 #include <fuse_lowlevel.h>
 
+#include <ext2fs/ext2_err.h>
+
 #include "fuse4fs.h"
 
 /* mount(8) conventions */
@@ -186,6 +188,8 @@ int main(int argc, char **argv)
 	int exitcode = F4_EXIT_MOUNT;
 	int ret;
 
+	/* So that error_message() can describe libext2fs's codes. */
+	initialize_ext2_error_table();
 	ret = f4_parse_options(argc, argv, &f4.opts);
 	if (ret)
 		return ret < 0 ? F4_EXIT_USAGE : 0;

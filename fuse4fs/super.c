@@ -217,12 +217,22 @@ int f4_open_fs(struct f4fs *f4)
 	ret = f4_check_features(f4);
 	if (ret)
 		goto out_fs;
+	/* As the kernel refuses them: descriptors pointing outside their
+	 * groups would have the allocator hand out the superblock itself. */
+	err = ext2fs_check_desc(f4->fs);
+	if (err) {
+		f4_log("%s: the group descriptors are corrupt (%s); run "
+		       "'e2fsck -f %s'", dev, error_message(err), dev);
+		ret = EUCLEAN;
+		goto out_fs;
+	}
 	ret = f4_read_inode(f4, EXT2_ROOT_INO, &root);
-	if (ret == 0 && !LINUX_S_ISDIR(root.i_mode))
+	if (ret == 0 && (!LINUX_S_ISDIR(root.i_mode) ||
+			 root.i_links_count == 0 || root.i_dtime))
 		ret = EUCLEAN;
 	if (ret) {
-		f4_log("%s: the root directory cannot be read: %s", dev,
-		       strerror(ret));
+		f4_log("%s: the root directory cannot be used (%s); run "
+		       "'e2fsck -f %s'", dev, strerror(ret), dev);
 		goto out_fs;
 	}
 	f4->acl = f4->opts.acl && ext2fs_has_feature_xattr(f4->fs->super);

@@ -294,15 +294,23 @@ static int f4_xattr_store(struct f4fs *f4, ext2_ino_t ino, const char *name,
 			  const void *value, size_t len, bool remove)
 {
 	struct ext2_xattr_handle *h = NULL;
+	void *old = NULL;
+	size_t oldlen;
 	errcode_t err;
 	int ret;
 
 	ret = f4_xattrs_load(f4, ino, &h);
 	if (ret)
 		return ret;
-	if (remove)
-		err = ext2fs_xattr_remove(h, name);
-	else
+	if (remove) {
+		/* libext2fs calls removing a missing name a success; ext4
+		 * says ENODATA. */
+		err = ext2fs_xattr_get(h, name, &old, &oldlen);
+		if (old)
+			ext2fs_free_mem(&old);
+		if (!err)
+			err = ext2fs_xattr_remove(h, name);
+	} else
 		err = ext2fs_xattr_set(h, name, value, len);
 	ext2fs_xattrs_close(&h);
 	return f4_errno(err);
