@@ -93,11 +93,13 @@ enum {
 	F4_CRTIME = 1 << 3,
 };
 
-/* An inode the kernel holds open (itable.c). */
+/* An inode the kernel holds: looked up, open, or both (itable.c). */
 struct f4_inode {
 	ext2_ino_t ino;
-	unsigned int opens;
-	bool orphan;		/* unlinked while open: on the orphan list */
+	unsigned int opens;	/* open handles */
+	uint64_t nlookup;	/* references handed out and not yet forgotten */
+	bool orphan;		/* unlinked while held: on the orphan list */
+	ext2_ino_t orphan_prev;	/* the orphan whose i_dtime names this one */
 	pthread_rwlock_t iolock; /* data I/O shared; size/extent changes exclusive */
 	struct f4_inode *next;
 };
@@ -143,6 +145,8 @@ void f4_itable_free(struct f4fs *f4);
 struct f4_inode *f4_itable_find(struct f4fs *f4, ext2_ino_t ino);
 struct f4_inode *f4_itable_get(struct f4fs *f4, ext2_ino_t ino);
 void f4_itable_put(struct f4fs *f4, struct f4_inode *ip);
+void f4_itable_lookup(struct f4fs *f4, ext2_ino_t ino);
+void f4_forget(void *fs, uint64_t nodeid, uint64_t nlookup);
 int f4_itable_handle(struct f4fs *f4, uint64_t fh, ext2_ino_t ino,
 		     struct f4_inode **ipp);
 

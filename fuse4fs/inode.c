@@ -78,7 +78,7 @@ int f4_iget(struct f4fs *f4, uint64_t nodeid, ext2_ino_t *ino,
 		return ret;
 	if (inode->i_mode == 0)
 		return ESTALE;
-	/* An unlinked inode lives on only while the kernel holds it open. */
+	/* An unlinked inode lives on only while the kernel holds it. */
 	if (inode->i_links_count == 0 && !f4_itable_find(f4, *ino))
 		return ESTALE;
 	return 0;
@@ -178,6 +178,7 @@ void f4_fill_entry(struct f4fs *f4, ext2_ino_t ino,
 	f4_split_timeout(f4->attr_timeout, &entry->attr_valid,
 			 &entry->attr_valid_nsec);
 	f4_fill_attr(f4, ino, inode, &entry->attr);
+	f4_itable_lookup(f4, ino);
 }
 
 uint32_t f4_dirent_type(unsigned int ext2_file_type)
@@ -562,12 +563,20 @@ int f4_orphan_add(struct f4fs *f4, ext2_ino_t ino,
 		  struct ext2_inode_large *inode)
 {
 	struct ext2_super_block *sb = f4->fs->super;
+	struct f4_inode *head = f4_itable_find(f4, sb->s_last_orphan);
+	struct f4_inode *ip = f4_itable_find(f4, ino);
 	int ret;
 
 	inode->i_dtime = sb->s_last_orphan;
 	ret = f4_write_inode(f4, ino, inode);
 	if (ret)
 		return ret;
+	if (head && head->orphan)
+		head->orphan_prev = ino;
+	if (ip) {
+		ip->orphan = true;
+		ip->orphan_prev = 0;
+	}
 	sb->s_last_orphan = ino;
 	ext2fs_mark_super_dirty(f4->fs);
 	return 0;
@@ -577,11 +586,22 @@ int f4_orphan_del(struct f4fs *f4, ext2_ino_t ino,
 		  struct ext2_inode_large *inode)
 {
 	struct ext2_super_block *sb = f4->fs->super;
+	struct f4_inode *ip = f4_itable_find(f4, ino), *nip;
 	ext2_ino_t prev = 0, cur = sb->s_last_orphan;
 	struct ext2_inode_large pinode;
 	uint32_t steps;
 	int ret;
 
+	/* Orphans made while mounted know their predecessor; others (and
+	 * any inconsistency) are found by walking the chain. */
+	if (ip && ip->orphan) {
+		prev = ip->orphan_prev;
+		if (prev == 0 ? sb->s_last_orphan == ino :
+		    f4_read_inode(f4, prev, &pinode) == 0 &&
+		    pinode.i_dtime == ino)
+			goto found;
+		prev = 0;
+	}
 	for (steps = 0; cur && cur != ino && steps < sb->s_inodes_count;
 	     steps++) {
 		if (cur > sb->s_inodes_count)
@@ -594,6 +614,12 @@ int f4_orphan_del(struct f4fs *f4, ext2_ino_t ino,
 	}
 	if (cur != ino)
 		return EUCLEAN;
+found:
+	nip = f4_itable_find(f4, inode->i_dtime);
+	if (nip && nip->orphan)
+		nip->orphan_prev = prev;
+	if (ip)
+		ip->orphan = false;
 	if (prev) {
 		pinode.i_dtime = inode->i_dtime;
 		ret = f4_write_inode(f4, prev, &pinode);
@@ -649,10 +675,8 @@ int f4_drop_link(struct f4fs *f4, ext2_ino_t ino,
 	if (inode->i_links_count > 0)
 		return f4_write_inode(f4, ino, inode);
 	ip = f4_itable_find(f4, ino);
-	if (ip) {
-		ip->orphan = true;
+	if (ip)
 		return f4_orphan_add(f4, ino, inode);
-	}
 	return f4_free_inode(f4, ino, inode);
 }
 

@@ -1,10 +1,13 @@
 /*
- * The table of inodes the kernel holds open.
+ * The table of inodes the kernel holds.
  *
- * An open inode has a per-inode reader/writer lock that orders data I/O
+ * The kernel holds an inode from the reply that names it (LOOKUP, CREATE,
+ * READDIRPLUS, ...) until it FORGETs it, and an open handle until RELEASE.
+ * An inode unlinked while held lives on the on-disk orphan list until both
+ * counts reach zero, as an ext4 inode lives while the kernel references
+ * it.  Each entry also has a reader/writer lock that orders data I/O
  * (shared) against size changes, hole punching and extent conversion
- * (exclusive), and an open count so that an inode unlinked while open
- * lives on the on-disk orphan list until its last release.
+ * (exclusive).
  *
  * The table is protected by the filesystem lock; an entry stays valid for
  * as long as the caller holds one of its opens.  The file handle the
@@ -18,7 +21,7 @@
 
 #include "fuse4fs.h"
 
-#define F4_ITABLE_BUCKETS 1024
+#define F4_ITABLE_BUCKETS 65536
 
 struct f4_itable {
 	struct f4_inode *bucket[F4_ITABLE_BUCKETS];
@@ -59,16 +62,13 @@ struct f4_inode *f4_itable_find(struct f4fs *f4, ext2_ino_t ino)
 	return NULL;
 }
 
-/* Take an open reference on ino; caller holds the filesystem lock. */
-struct f4_inode *f4_itable_get(struct f4fs *f4, ext2_ino_t ino)
+static struct f4_inode *f4_itable_entry(struct f4fs *f4, ext2_ino_t ino)
 {
 	struct f4_inode *ip = f4_itable_find(f4, ino);
 	struct f4_inode **head;
 
-	if (ip) {
-		ip->opens++;
+	if (ip)
 		return ip;
-	}
 	ip = calloc(1, sizeof(*ip));
 	if (!ip)
 		return NULL;
@@ -77,27 +77,59 @@ struct f4_inode *f4_itable_get(struct f4fs *f4, ext2_ino_t ino)
 		return NULL;
 	}
 	ip->ino = ino;
-	ip->opens = 1;
 	head = &f4->itable->bucket[ino % F4_ITABLE_BUCKETS];
 	ip->next = *head;
 	*head = ip;
 	return ip;
 }
 
+/* Take an open reference on ino; caller holds the filesystem lock. */
+struct f4_inode *f4_itable_get(struct f4fs *f4, ext2_ino_t ino)
+{
+	struct f4_inode *ip = f4_itable_entry(f4, ino);
+
+	if (ip)
+		ip->opens++;
+	return ip;
+}
+
 /*
- * Drop an open reference; caller holds the filesystem lock.  The last
- * release of an inode that was unlinked while open frees it.
+ * Count a reference handed to the kernel in a reply.  Failing to count
+ * (no memory) only means an unlinked inode is freed at its last release
+ * rather than when forgotten.  Caller holds the filesystem lock.
  */
-void f4_itable_put(struct f4fs *f4, struct f4_inode *ip)
+void f4_itable_lookup(struct f4fs *f4, ext2_ino_t ino)
+{
+	struct f4_inode *ip;
+
+	if (ino == EXT2_ROOT_INO)
+		return;
+	ip = f4_itable_entry(f4, ino);
+	if (ip)
+		ip->nlookup++;
+}
+
+/* Drop the entry once the kernel holds nothing of it, freeing an orphan. */
+static void f4_itable_release(struct f4fs *f4, struct f4_inode *ip)
 {
 	struct ext2_inode_large inode;
 	struct f4_inode **pp;
 	ext2_ino_t ino = ip->ino;
-	bool orphan = ip->orphan;
-	int ret;
+	int ret = 0;
 
-	if (--ip->opens > 0)
+	if (ip->opens || ip->nlookup)
 		return;
+	if (ip->orphan) {
+		ret = f4_read_inode(f4, ino, &inode);
+		if (ret == 0 && inode.i_links_count == 0) {
+			ret = f4_orphan_del(f4, ino, &inode);
+			if (ret == 0)
+				ret = f4_free_inode(f4, ino, &inode);
+		}
+		if (ret)
+			f4_log("inode %u: releasing an unlinked inode failed: "
+			       "%s; e2fsck will finish it", ino, strerror(ret));
+	}
 	for (pp = &f4->itable->bucket[ino % F4_ITABLE_BUCKETS]; *pp;
 	     pp = &(*pp)->next) {
 		if (*pp == ip) {
@@ -107,17 +139,29 @@ void f4_itable_put(struct f4fs *f4, struct f4_inode *ip)
 	}
 	pthread_rwlock_destroy(&ip->iolock);
 	free(ip);
-	if (!orphan)
-		return;
-	ret = f4_read_inode(f4, ino, &inode);
-	if (ret == 0 && inode.i_links_count == 0) {
-		ret = f4_orphan_del(f4, ino, &inode);
-		if (ret == 0)
-			ret = f4_free_inode(f4, ino, &inode);
+}
+
+/* Drop an open reference; caller holds the filesystem lock. */
+void f4_itable_put(struct f4fs *f4, struct f4_inode *ip)
+{
+	if (ip->opens > 0)
+		ip->opens--;
+	f4_itable_release(f4, ip);
+}
+
+/* FORGET: the kernel dropped nlookup references to nodeid. */
+void f4_forget(void *fs, uint64_t nodeid, uint64_t nlookup)
+{
+	struct f4fs *f4 = fs;
+	struct f4_inode *ip;
+
+	f4_lock(f4);
+	ip = f4_itable_find(f4, f4_nodeid_to_ino(nodeid));
+	if (ip) {
+		ip->nlookup -= nlookup < ip->nlookup ? nlookup : ip->nlookup;
+		f4_itable_release(f4, ip);
 	}
-	if (ret)
-		f4_log("inode %u: releasing an unlinked inode failed: %s; "
-		       "e2fsck will finish it", ino, strerror(ret));
+	f4_unlock(f4);
 }
 
 /*

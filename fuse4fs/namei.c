@@ -349,8 +349,12 @@ static void f4_create_common(struct fe_req *req, uint64_t parent,
 	ret = f4_make_node(req, parent, name, &spec, &ino, &inode);
 	if (ret == 0) {
 		ret = f4_open_file(f4, ino, &ip);
-		if (ret == 0 && unnamed)
+		/* The tmpfile went on the orphan list before it had an entry:
+		 * it is the list's head, with no predecessor. */
+		if (ret == 0 && unnamed) {
 			ip->orphan = true;
+			ip->orphan_prev = 0;
+		}
 		if (ret && unnamed && f4_orphan_del(f4, ino, &inode) == 0)
 			f4_free_inode(f4, ino, &inode);
 		else if (ret)
@@ -433,7 +437,6 @@ void f4_link(struct fe_req *req, uint64_t oldnodeid, uint64_t newparent,
 		ret = f4_orphan_del(f4, ino, &inode);
 		if (ret)
 			goto out;
-		ip->orphan = false;
 	}
 	inode.i_links_count++;
 	f4_touch(f4, &inode, F4_CTIME, NULL);
@@ -446,14 +449,10 @@ out:
 static int f4_drop_dir(struct f4fs *f4, ext2_ino_t ino,
 		       struct ext2_inode_large *inode)
 {
-	struct f4_inode *ip = f4_itable_find(f4, ino);
-
 	inode->i_links_count = 0;
 	f4_touch(f4, inode, F4_CTIME, NULL);
-	if (ip) {
-		ip->orphan = true;
+	if (f4_itable_find(f4, ino))
 		return f4_orphan_add(f4, ino, inode);
-	}
 	return f4_free_inode(f4, ino, inode);
 }
 

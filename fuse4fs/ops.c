@@ -40,6 +40,7 @@ const struct fe_ops f4_ops = {
 	.init = f4_init,
 	.destroy = f4_destroy,
 	.lookup = f4_lookup,
+	.forget = f4_forget,
 	.getattr = f4_getattr,
 	.readlink = f4_readlink,
 	.open = f4_open,

@@ -330,6 +330,9 @@ void f4_destroy(void *fs)
 	pthread_rwlock_wrlock(&f4->flush_barrier);
 	f4_lock(f4);
 	sb = f4->fs->super;
+	/* The kernel holds nothing any more: inodes it kept alive after
+	 * their last unlink go now. */
+	f4_process_orphans(f4);
 	if (!(sb->s_state & EXT2_ERROR_FS) && sb->s_last_orphan == 0)
 		sb->s_state |= EXT2_VALID_FS;
 	sb->s_wtime = (uint32_t)time(NULL);
