@@ -65,6 +65,7 @@ void f4_open(struct fe_req *req, uint64_t nodeid,
 	struct f4_inode *ip = NULL;
 	bool writing = (arg->flags & O_ACCMODE) != O_RDONLY ||
 		(arg->flags & O_TRUNC);
+	bool mode_changed = false;
 	ext2_ino_t ino;
 	int ret;
 
@@ -100,6 +101,11 @@ void f4_open(struct fe_req *req, uint64_t nodeid,
 		if (f4_inode_size(&inode) > 0)
 			ret = f4_truncate(f4, ino, &inode, 0);
 		if (ret == 0) {
+			uint16_t mode = inode.i_mode;
+
+			if (arg->open_flags & FUSE_OPEN_KILL_SUIDGID)
+				f4_kill_suidgid(req, &inode);
+			mode_changed = mode != inode.i_mode;
 			f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
 			ret = f4_write_inode(f4, ino, &inode);
 		}
@@ -118,11 +124,15 @@ out:
 	f4_unlock(f4);
 	if (ret) {
 		f4_reply_err(req, ret);
-	} else if (fe_reply_open(req, &out) < 0) {
+		return;
+	}
+	if (fe_reply_open(req, &out) < 0) {
 		f4_lock(f4);
 		f4_itable_put(f4, ip);
 		f4_unlock(f4);
 	}
+	if (mode_changed)
+		fe_notify_inval_inode(f4->se, nodeid, -1, 0);
 }
 
 void f4_release(struct fe_req *req, uint64_t nodeid,
@@ -515,7 +525,7 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 	struct f4fs *f4 = fe_req_fs(req);
 	struct f4_inode *ip = NULL;
 	struct ext2_inode_large inode;
-	bool own_ref = false;
+	bool own_ref = false, mode_changed = false;
 	uint64_t pos = arg->offset, end, max;
 	size_t len = arg->size, done = 0;
 	ext2_ino_t ino;
@@ -607,9 +617,14 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 		int ret2 = f4_read_inode(f4, ino, &inode);
 
 		if (ret2 == 0) {
+			uint16_t mode = inode.i_mode;
+
 			if (pos + done > f4_inode_size(&inode))
 				ext2fs_inode_size_set(f4->fs,
 					(struct ext2_inode *)&inode, pos + done);
+			if (arg->write_flags & FUSE_WRITE_KILL_SUIDGID)
+				f4_kill_suidgid(req, &inode);
+			mode_changed = mode != inode.i_mode;
 			f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
 			ret2 = f4_write_inode(f4, ino, &inode);
 		}
@@ -624,6 +639,9 @@ out_locked:
 		f4_itable_put(f4, ip);
 		f4_unlock(f4);
 	}
+	/* The kernel caches the mode it saw before this write. */
+	if (mode_changed)
+		fe_notify_inval_inode(f4->se, nodeid, -1, 0);
 reply:
 	if (ret && done == 0)
 		f4_reply_err(req, ret);

@@ -201,6 +201,8 @@ void f4_dec_nlink(struct ext2_inode_large *inode);
 bool f4_dir_link_max(struct f4fs *f4, const struct ext2_inode_large *dir);
 void f4_setattr(struct fe_req *req, uint64_t nodeid,
 		const struct fuse_setattr_in *arg);
+void f4_kill_suidgid(struct fe_req *req, struct ext2_inode_large *inode);
+bool f4_caller_in_group(uint32_t pid, uint32_t gid);
 
 /* dir.c: directory blocks, listing and name lookup. */
 typedef int (*f4_dirent_fn)(void *priv, ext2_ino_t ino, const char *name,

@@ -299,7 +299,7 @@ out:
 }
 
 /* Supplementary groups of the calling process, from /proc. */
-static bool f4_caller_in_group(uint32_t pid, uint32_t gid)
+bool f4_caller_in_group(uint32_t pid, uint32_t gid)
 {
 	char path[64], line[4096];
 	bool found = false;
@@ -328,6 +328,27 @@ static bool f4_caller_in_group(uint32_t pid, uint32_t gid)
 	}
 	fclose(f);
 	return found;
+}
+
+/*
+ * Clear set-user-ID, and set-group-ID where ext4 would: when the group may
+ * execute the file, or when the caller is not in the file's group (and
+ * not privileged).  The kernel leaves this to the server on write,
+ * truncate and chown (FUSE_HANDLE_KILLPRIV_V2) and only asks when the
+ * caller lacks CAP_FSETID.
+ */
+void f4_kill_suidgid(struct fe_req *req, struct ext2_inode_large *inode)
+{
+	uint32_t gid = inode_gid(*inode);
+
+	if (LINUX_S_ISDIR(inode->i_mode))
+		return;
+	inode->i_mode &= ~LINUX_S_ISUID;
+	if ((inode->i_mode & LINUX_S_ISGID) &&
+	    ((inode->i_mode & 0010) ||
+	     (req->uid != 0 && req->gid != gid &&
+	      !f4_caller_in_group(req->pid, gid))))
+		inode->i_mode &= ~LINUX_S_ISGID;
 }
 
 /*
@@ -743,11 +764,11 @@ void f4_setattr(struct fe_req *req, uint64_t nodeid,
 		inode.i_gid = (uint16_t)arg->gid;
 		inode.osd2.linux2.l_i_gid_high = (uint16_t)(arg->gid >> 16);
 	}
-	if (valid & FATTR_KILL_SUIDGID) {
-		inode.i_mode &= ~LINUX_S_ISUID;
-		if (inode.i_mode & 0010)
-			inode.i_mode &= ~LINUX_S_ISGID;
-	}
+	/* chown(2) drops the set-ID bits of non-directories, as does a
+	 * truncation by an unprivileged caller. */
+	if (((valid & (FATTR_UID | FATTR_GID)) && !(valid & FATTR_MODE)) ||
+	    (valid & FATTR_KILL_SUIDGID))
+		f4_kill_suidgid(req, &inode);
 	if ((valid & FATTR_SIZE) && arg->size != f4_inode_size(&inode)) {
 		ret = f4_truncate(f4, ino, &inode, arg->size);
 		if (ret)

@@ -22,6 +22,11 @@ static void f4_init(void *fs, struct fe_conn *conn)
 	 * only at fsync or close, not from write(2) as on ext4. */
 	if (!f4->ro && f4->opts.writeback_cache)
 		conn->want |= FUSE_WRITEBACK_CACHE;
+	/* The kernel's FUSE layer keeps set-group-ID on writes by callers
+	 * outside the file's group, which ext4 clears; doing it here gets
+	 * ext4's rule. */
+	if (!f4->ro)
+		conn->want |= FUSE_HANDLE_KILLPRIV_V2;
 	conn->time_gran = f4->nsec_times ? 1 : 1000000000;
 	if (f4->iomap_wanted) {
 		if (conn->kernel_flags & FUSE_IOMAP) {
