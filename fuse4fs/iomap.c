@@ -384,22 +384,28 @@ out:
 }
 
 /*
- * A write that stopped short gives back the unwritten blocks it had
- * allocated past the end of the file; inside the file they read as
- * zeroes and do no harm.
+ * A write that stopped short gives back the blocks it had allocated past
+ * the end of the file (unwritten extents, or zeroed new blocks of
+ * block-mapped files); inside the file they read as zeroes and do no harm.
  */
 void f4_iomap_end(struct fe_req *req, uint64_t nodeid,
 		  const struct fuse_iomap_end_in *arg)
 {
 	struct f4fs *f4 = fe_req_fs(req);
+	const struct fuse_iomap_io *map = &arg->map;
 	struct ext2_inode_large inode;
-	uint64_t done, end, first, size;
+	uint64_t data_end, first, last, size;
 	ext2_ino_t ino;
 	int ret;
 
+	/* Only blocks this server allocated for the write (marked DIRTY in
+	 * BEGIN) are given back: never a preallocation made on purpose. */
 	if (!(arg->opflags & FUSE_IOMAP_OP_WRITE) || arg->written < 0 ||
 	    (uint64_t)arg->written >= arg->count ||
-	    arg->map.type != FUSE_IOMAP_TYPE_UNWRITTEN) {
+	    !(map->flags & FUSE_IOMAP_F_DIRTY) ||
+	    !(map->type == FUSE_IOMAP_TYPE_UNWRITTEN ||
+	      (map->type == FUSE_IOMAP_TYPE_MAPPED &&
+	       (map->flags & FUSE_IOMAP_F_NEW)))) {
 		fe_reply_ok(req);
 		return;
 	}
@@ -408,15 +414,15 @@ void f4_iomap_end(struct fe_req *req, uint64_t nodeid,
 	if (ret)
 		goto out;
 	size = f4_inode_size(&inode);
-	done = arg->pos + (uint64_t)arg->written;
-	end = arg->map.offset + arg->map.length;
-	if (end > arg->pos + arg->count)
-		end = arg->pos + arg->count;
-	first = (done > size ? done : size) + f4->blocksize - 1;
-	first >>= f4->blockbits;
-	if ((first << f4->blockbits) < end)
-		ret = f4_map_punch(f4, ino, &inode, first,
-				   ((end + f4->blocksize - 1) >> f4->blockbits) - 1);
+	data_end = arg->written ? arg->pos + (uint64_t)arg->written : 0;
+	if (data_end < size)
+		data_end = size;
+	first = (data_end + f4->blocksize - 1) >> f4->blockbits;
+	if (first < map->offset >> f4->blockbits)
+		first = map->offset >> f4->blockbits;
+	last = (map->offset + map->length) >> f4->blockbits;
+	if (first < last)
+		ret = f4_map_punch(f4, ino, &inode, first, last - 1);
 out:
 	f4_unlock(f4);
 	if (ret)

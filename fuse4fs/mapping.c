@@ -206,32 +206,45 @@ bool f4_req_privileged(struct f4fs *f4, const struct fe_req *req)
 		(sb->s_def_resgid != 0 && req->gid == sb->s_def_resgid);
 }
 
-/* Allocate blocks for a hole in an indirect-mapped file, one at a time as
- * the indirect scheme requires, and report the run that was allocated. */
+/*
+ * Allocate blocks for a hole in an indirect-mapped file.  The first block
+ * comes from libext2fs's allocator; each next one is the physically next
+ * block, claimed only if it is free, so the run reported is exactly what
+ * was allocated.
+ */
 static int f4_alloc_indirect(struct f4fs *f4, ext2_ino_t ino,
 			     struct ext2_inode_large *inode, uint64_t lblk,
 			     uint64_t len, struct f4_map *map)
 {
+	ext2_filsys fs = f4->fs;
+	blk64_t pblk = 0;
 	uint64_t i;
 	errcode_t err;
 
-	for (i = 0; i < len; i++) {
-		blk64_t pblk = 0;
+	err = ext2fs_bmap2(fs, ino, (struct ext2_inode *)inode, NULL,
+			   BMAP_ALLOC, lblk, NULL, &pblk);
+	if (err)
+		return f4_errno(err);
+	for (i = 1; i < len && lblk + i <= UINT32_MAX; i++) {
+		blk64_t want = pblk + i;
 
-		err = ext2fs_bmap2(f4->fs, ino, (struct ext2_inode *)inode,
-				   NULL, BMAP_ALLOC, lblk + i, NULL, &pblk);
-		if (err) {
-			if (i > 0)
-				break;
-			return f4_errno(err);
-		}
-		if (i == 0)
-			map->pblk = pblk;
-		else if (pblk != map->pblk + i)
+		if (want >= ext2fs_blocks_count(fs->super) ||
+		    ext2fs_test_block_bitmap2(fs->block_map, want))
 			break;
+		/* Claim it first, so that an indirect block allocated for
+		 * the mapping cannot be this very block. */
+		ext2fs_block_alloc_stats2(fs, want, +1);
+		err = ext2fs_bmap2(fs, ino, (struct ext2_inode *)inode, NULL,
+				   BMAP_SET, lblk + i, NULL, &want);
+		if (err) {
+			ext2fs_block_alloc_stats2(fs, want, -1);
+			break;
+		}
+		ext2fs_iblk_add_blocks(fs, (struct ext2_inode *)inode, 1);
 	}
 	map->lblk = lblk;
 	map->len = i;
+	map->pblk = pblk;
 	map->type = F4_MAP_MAPPED;
 	return 0;
 }
