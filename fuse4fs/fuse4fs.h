@@ -39,6 +39,7 @@ struct f4_options {
 	bool nosync_unmount;
 	bool writeback_cache;
 	enum f4_iomap_mode iomap;
+	bool iomap_debug;
 	uint16_t errors;	/* EXT2_ERRORS_*, 0 = the superblock's */
 	bool acl;
 	bool foreground;

@@ -302,6 +302,90 @@ static uint64_t f4_iomap_span(struct f4fs *f4, uint64_t lblk, uint64_t pos,
 	return ((end - 1) >> f4->blockbits) - lblk + 1;
 }
 
+/*
+ * The kernel's validation of one mapping in a BEGIN reply (fuse-abi
+ * §2.9); returns the rule broken, or NULL.
+ */
+static const char *f4_iomap_bad_mapping(struct f4fs *f4,
+					const struct fuse_iomap_io *io,
+					bool is_write, uint64_t pos,
+					uint64_t maxbytes)
+{
+	uint64_t bs = f4->blocksize;
+
+	switch (io->type) {
+	case FUSE_IOMAP_TYPE_HOLE:
+	case FUSE_IOMAP_TYPE_DELALLOC:
+	case FUSE_IOMAP_TYPE_INLINE:
+		if (io->dev != 0 || io->addr != FUSE_IOMAP_NULL_ADDR)
+			return "hole/delalloc/inline mapping with a device or address";
+		break;
+	case FUSE_IOMAP_TYPE_MAPPED:
+	case FUSE_IOMAP_TYPE_UNWRITTEN:
+		if (io->dev == 0 || io->addr == FUSE_IOMAP_NULL_ADDR)
+			return "mapped/unwritten mapping without a device or address";
+		if (io->addr + io->length < io->addr)
+			return "address + length overflows";
+		break;
+	case FUSE_IOMAP_TYPE_PURE_OVERWRITE:
+		if (!is_write)
+			return "pure overwrite as the read mapping";
+		if (io->flags || io->dev || io->addr != FUSE_IOMAP_NULL_ADDR)
+			return "pure overwrite with flags, device or address";
+		break;
+	default:
+		return "unknown mapping type";
+	}
+	if (io->flags & ~0xffU)
+		return "flags outside the server's set";
+	if (io->length == 0)
+		return "zero length";
+	if (io->offset % bs || io->length % bs)
+		return "offset or length not block aligned";
+	if (io->offset + io->length < io->offset)
+		return "offset + length overflows";
+	if (io->offset >= maxbytes)
+		return "offset past the maximum file size";
+	if (pos < io->offset || pos >= io->offset + io->length)
+		return "mapping does not cover pos";
+	return NULL;
+}
+
+/* -o iomap_debug: log every BEGIN and refuse to send a reply the kernel
+ * would reject, naming the rule. */
+static int f4_iomap_check_reply(struct f4fs *f4, uint64_t nodeid,
+				const struct fuse_iomap_begin_in *arg,
+				const struct fuse_iomap_begin_out *out)
+{
+	struct ext2_inode_large proto = { 0 };
+	const char *bad;
+	uint64_t maxbytes;
+
+	proto.i_flags = ext2fs_has_feature_extents(f4->fs->super) ?
+		EXT4_EXTENTS_FL : 0;
+	maxbytes = f4_max_file_size(f4, &proto);
+	f4_log("iomap begin node %llu op 0x%x pos %llu count %llu -> "
+	       "read {type %u off %llu len %llu addr 0x%llx flags 0x%x dev %u} "
+	       "write {type %u off %llu len %llu}",
+	       (unsigned long long)nodeid, arg->opflags,
+	       (unsigned long long)arg->pos, (unsigned long long)arg->count,
+	       out->read.type, (unsigned long long)out->read.offset,
+	       (unsigned long long)out->read.length,
+	       (unsigned long long)out->read.addr, out->read.flags,
+	       out->read.dev, out->write.type,
+	       (unsigned long long)out->write.offset,
+	       (unsigned long long)out->write.length);
+	bad = f4_iomap_bad_mapping(f4, &out->read, false, arg->pos, maxbytes);
+	if (!bad)
+		bad = f4_iomap_bad_mapping(f4, &out->write, true, arg->pos,
+					   maxbytes);
+	if (!bad)
+		return 0;
+	f4_log("iomap begin node %llu: invalid reply (%s); answering EIO",
+	       (unsigned long long)nodeid, bad);
+	return EIO;
+}
+
 void f4_iomap_begin(struct fe_req *req, uint64_t nodeid,
 		    const struct fuse_iomap_begin_in *arg)
 {
@@ -375,6 +459,8 @@ void f4_iomap_begin(struct fe_req *req, uint64_t nodeid,
 	out.write.length = out.read.length;
 	out.write.addr = FUSE_IOMAP_NULL_ADDR;
 	out.write.type = FUSE_IOMAP_TYPE_PURE_OVERWRITE;
+	if (f4->opts.iomap_debug)
+		ret = f4_iomap_check_reply(f4, nodeid, arg, &out);
 out:
 	f4_unlock(f4);
 	if (ret)

@@ -28,6 +28,7 @@ enum {
 	KEY_SYNC_UNMOUNT,
 	KEY_NOSYNC_UNMOUNT,
 	KEY_WRITEBACK_CACHE,
+	KEY_IOMAP_DEBUG,
 };
 
 struct f4_optparse {
@@ -69,6 +70,7 @@ static const struct fuse_opt f4_opt_spec[] = {
 	FUSE_OPT_KEY("sync_unmount", KEY_SYNC_UNMOUNT),
 	FUSE_OPT_KEY("nosync_unmount", KEY_NOSYNC_UNMOUNT),
 	FUSE_OPT_KEY("writeback_cache", KEY_WRITEBACK_CACHE),
+	FUSE_OPT_KEY("iomap_debug", KEY_IOMAP_DEBUG),
 	FUSE_OPT_END
 };
 
@@ -100,6 +102,8 @@ void f4_usage(FILE *out)
 "                     iomap (needs a kernel with the extension, its\n"
 "                     enable_iomap module parameter and CAP_SYS_RAWIO);\n"
 "                     auto (default) uses it when possible\n"
+"  iomap_debug        log every iomap mapping, and check each against the\n"
+"                     kernel's validation rules before sending it\n"
 "  errors=continue|remount-ro|panic\n"
 "                     what to do when corruption is found (default: the\n"
 "                     superblock's setting); panic stops all writes\n"
@@ -169,6 +173,9 @@ static int f4_opt_proc(void *data, const char *arg, int key,
 		return 0;
 	case KEY_WRITEBACK_CACHE:
 		opts->writeback_cache = true;
+		return 0;
+	case KEY_IOMAP_DEBUG:
+		opts->iomap_debug = true;
 		return 0;
 	case KEY_NORECOVERY:
 		opts->norecovery = true;

@@ -655,7 +655,7 @@ class IomapMount:
     # -- start-up -------------------------------------------------------------
 
     def argv(self):
-        opts = ["iomap=on"] + self.opts
+        opts = ["iomap=on", "iomap_debug"] + self.opts
         return [self.binary, "-f", "-o", ",".join(opts), self.image, fw.DEVFD]
 
     def env(self):
