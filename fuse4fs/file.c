@@ -94,6 +94,10 @@ void f4_open(struct fe_req *req, uint64_t nodeid,
 	ret = f4_open_file(f4, ino, &ip);
 	if (ret)
 		goto out;
+	if (writing) {
+		ip->writer_uid = req->uid;
+		ip->writer_gid = req->gid;
+	}
 	if ((arg->flags & O_TRUNC) && LINUX_S_ISREG(inode.i_mode)) {
 		/* ATOMIC_O_TRUNC: the truncation is ours to do, with the
 		 * times update open(2) makes. */
@@ -526,6 +530,9 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 	struct f4_inode *ip = NULL;
 	struct ext2_inode_large inode;
 	bool own_ref = false, mode_changed = false;
+	/* From the kernel's page cache (writeback_cache): a short count would
+	 * be dropped silently there, so limits are errors instead. */
+	bool cached = arg->write_flags & FUSE_WRITE_CACHE;
 	uint64_t pos = arg->offset, end, max;
 	size_t len = arg->size, done = 0;
 	ext2_ino_t ino;
@@ -551,6 +558,13 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 		if (!ip)
 			ret = ENOMEM;
 	}
+	if (ret == 0 && cached) {
+		struct fe_req writer = *req;
+
+		writer.uid = ip->writer_uid;
+		writer.gid = ip->writer_gid;
+		root = f4_req_privileged(f4, &writer);
+	}
 	f4_unlock(f4);
 	if (ret)
 		goto reply;
@@ -568,7 +582,7 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 		goto out_locked;
 	}
 	max = f4_max_file_size(f4, &inode);
-	if (pos >= max) {
+	if (pos >= max || (cached && len > max - pos)) {
 		ret = EFBIG;
 		goto out_locked;
 	}

@@ -101,6 +101,10 @@ struct f4_inode {
 	uint64_t nlookup;	/* references handed out and not yet forgotten */
 	bool orphan;		/* unlinked while held: on the orphan list */
 	ext2_ino_t orphan_prev;	/* the orphan whose i_dtime names this one */
+	/* Who last opened it for writing: writes from the kernel's page
+	 * cache carry the kernel's identity, not the writer's. */
+	uint32_t writer_uid;
+	uint32_t writer_gid;
 	pthread_rwlock_t iolock; /* data I/O shared; size/extent changes exclusive */
 	struct f4_inode *next;
 };

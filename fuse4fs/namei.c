@@ -351,6 +351,10 @@ static void f4_create_common(struct fe_req *req, uint64_t parent,
 		ret = f4_open_file(f4, ino, &ip);
 		/* The tmpfile went on the orphan list before it had an entry:
 		 * it is the list's head, with no predecessor. */
+		if (ret == 0) {
+			ip->writer_uid = req->uid;
+			ip->writer_gid = req->gid;
+		}
 		if (ret == 0 && unnamed) {
 			ip->orphan = true;
 			ip->orphan_prev = 0;
