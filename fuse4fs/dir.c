@@ -762,14 +762,7 @@ out:
 void f4_fsyncdir(struct fe_req *req, uint64_t nodeid,
 		 const struct fuse_fsync_in *arg)
 {
-	struct f4fs *f4 = fe_req_fs(req);
-	int ret;
-
 	(void)nodeid;
 	(void)arg;
-	ret = f4->ro ? 0 : f4_flush(f4, true);
-	if (ret)
-		f4_reply_err(req, ret);
-	else
-		fe_reply_ok(req);
+	f4_reply_flushed(req);
 }

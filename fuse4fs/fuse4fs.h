@@ -138,6 +138,7 @@ void f4_close_fs(struct f4fs *f4);
 int f4_flush(struct f4fs *f4, bool sync);
 void f4_statfs(struct fe_req *req, uint64_t nodeid);
 void f4_syncfs(struct fe_req *req, uint64_t nodeid);
+void f4_reply_flushed(struct fe_req *req);
 void f4_destroy(void *fs);
 
 /* loopdev.c */

@@ -575,16 +575,9 @@ out:
 void f4_freezefs(struct fe_req *req, uint64_t nodeid,
 		 const struct fuse_freezefs_in *arg)
 {
-	struct f4fs *f4 = fe_req_fs(req);
-	int ret;
-
 	(void)nodeid;
 	(void)arg;
-	ret = f4->ro ? 0 : f4_flush(f4, true);
-	if (ret)
-		f4_reply_err(req, ret);
-	else
-		fe_reply_ok(req);
+	f4_reply_flushed(req);
 }
 
 void f4_unfreezefs(struct fe_req *req, uint64_t nodeid)

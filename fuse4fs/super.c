@@ -301,17 +301,23 @@ int f4_flush(struct f4fs *f4, bool sync)
 	return ret;
 }
 
-void f4_syncfs(struct fe_req *req, uint64_t nodeid)
+/* Answer a request that asks for durability (FSYNC, FSYNCDIR, SYNCFS,
+ * FREEZE_FS): everything is written back and the device flushed. */
+void f4_reply_flushed(struct fe_req *req)
 {
 	struct f4fs *f4 = fe_req_fs(req);
-	int ret;
+	int ret = f4->ro ? 0 : f4_flush(f4, true);
 
-	(void)nodeid;
-	ret = f4->ro ? 0 : f4_flush(f4, true);
 	if (ret)
 		f4_reply_err(req, ret);
 	else
 		fe_reply_ok(req);
+}
+
+void f4_syncfs(struct fe_req *req, uint64_t nodeid)
+{
+	(void)nodeid;
+	f4_reply_flushed(req);
 }
 
 /*
