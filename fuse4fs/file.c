@@ -639,7 +639,10 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 			if (arg->write_flags & FUSE_WRITE_KILL_SUIDGID)
 				f4_kill_suidgid(req, &inode);
 			mode_changed = mode != inode.i_mode;
-			f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
+			/* With the writeback cache the kernel keeps the times
+			 * of written files and sends them with SETATTR. */
+			if (!cached)
+				f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
 			ret2 = f4_write_inode(f4, ino, &inode);
 		}
 		ret = ret2;
@@ -782,7 +785,9 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 		ret = EOPNOTSUPP;
 		goto out;
 	}
-	if (!(mode & F4_FALLOC_PUNCH_HOLE) && end > f4_max_file_size(f4, &inode)) {
+	/* The VFS checks this against ext4's limit for every mode; FUSE's
+	 * limit is larger, so the check is here. */
+	if (end > f4_max_file_size(f4, &inode)) {
 		ret = EFBIG;
 		goto out;
 	}

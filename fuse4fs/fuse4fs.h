@@ -86,6 +86,12 @@ struct f4fs {
 
 #define F4_LINK_MAX	65000	/* EXT4_LINK_MAX */
 
+/* ext4's timestamp range: 1901 to 2446 with the extra epoch bits, to 2038
+ * without them. */
+#define F4_TIME_MIN		((int64_t)INT32_MIN)
+#define F4_TIME_MAX_EXTRA	(((int64_t)1 << 34) - 1 + INT32_MIN)
+#define F4_TIME_MAX_OLD		((int64_t)INT32_MAX)
+
 /* The timestamps of an inode, for f4_touch(). */
 enum {
 	F4_ATIME = 1 << 0,

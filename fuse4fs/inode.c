@@ -407,13 +407,25 @@ int f4_write_inode(struct f4fs *f4, ext2_ino_t ino,
 						sizeof(*inode)));
 }
 
-static void f4_encode_time(const struct timespec *ts, uint32_t *sec,
-			   uint32_t *extra)
+/*
+ * Encode a time as ext4 stores it, clamped to the range the inode can
+ * hold as the VFS clamps ext4's times (a clamped time loses its
+ * nanoseconds); FUSE leaves the clamping to the server.
+ */
+static void f4_encode_time(const struct timespec *ts, bool extra_fits,
+			   uint32_t *sec, uint32_t *extra)
 {
-	*sec = (uint32_t)ts->tv_sec;
-	*extra = (uint32_t)(((ts->tv_sec - (int32_t)ts->tv_sec) >> 32) &
-			    EXT4_EPOCH_MASK) |
-		((uint32_t)ts->tv_nsec << EXT4_EPOCH_BITS);
+	int64_t max = extra_fits ? F4_TIME_MAX_EXTRA : F4_TIME_MAX_OLD;
+	int64_t s = ts->tv_sec;
+	uint32_t nsec = (uint32_t)ts->tv_nsec;
+
+	if (s <= F4_TIME_MIN || s >= max) {
+		s = s <= F4_TIME_MIN ? F4_TIME_MIN : max;
+		nsec = 0;
+	}
+	*sec = (uint32_t)s;
+	*extra = (uint32_t)(((s - (int32_t)s) >> 32) & EXT4_EPOCH_MASK) |
+		(nsec << EXT4_EPOCH_BITS);
 }
 
 /* Set the chosen timestamps to ts, or to the current time. */
@@ -428,7 +440,7 @@ void f4_touch(struct f4fs *f4, struct ext2_inode_large *inode,
 		clock_gettime(CLOCK_REALTIME, &now);
 		ts = &now;
 	}
-	f4_encode_time(ts, &sec, &extra);
+	f4_encode_time(ts, F4_FITS(inode, i_ctime_extra), &sec, &extra);
 	if (which & F4_ATIME) {
 		inode->i_atime = sec;
 		if (F4_FITS(inode, i_atime_extra))
@@ -701,6 +713,11 @@ int f4_drop_link(struct f4fs *f4, ext2_ino_t ino,
 	return f4_free_inode(f4, ino, inode);
 }
 
+/* The SETATTR bits that change something (not FH, LOCKOWNER, ...). */
+#define F4_FATTR_CHANGES (FATTR_MODE | FATTR_UID | FATTR_GID | FATTR_SIZE | \
+			  FATTR_ATIME | FATTR_MTIME | FATTR_CTIME | \
+			  FATTR_ATIME_NOW | FATTR_MTIME_NOW)
+
 static void f4_timespec_from(struct timespec *ts, uint64_t sec, uint32_t nsec)
 {
 	ts->tv_sec = (time_t)(int64_t)sec;
@@ -765,9 +782,13 @@ void f4_setattr(struct fe_req *req, uint64_t nodeid,
 		inode.osd2.linux2.l_i_gid_high = (uint16_t)(arg->gid >> 16);
 	}
 	/* chown(2) drops the set-ID bits of non-directories, as does a
-	 * truncation by an unprivileged caller. */
+	 * truncation by an unprivileged caller.  With HANDLE_KILLPRIV_V2 the
+	 * kernel turns any other request to drop them (chown to the same
+	 * owner, a write by a caller without CAP_FSETID) into a SETATTR that
+	 * changes nothing else but, with the writeback cache, ctime. */
 	if (((valid & (FATTR_UID | FATTR_GID)) && !(valid & FATTR_MODE)) ||
-	    (valid & FATTR_KILL_SUIDGID))
+	    (valid & FATTR_KILL_SUIDGID) ||
+	    !(valid & F4_FATTR_CHANGES & ~FATTR_CTIME))
 		f4_kill_suidgid(req, &inode);
 	if ((valid & FATTR_SIZE) && arg->size != f4_inode_size(&inode)) {
 		ret = f4_truncate(f4, ino, &inode, arg->size);

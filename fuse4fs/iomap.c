@@ -20,11 +20,6 @@
 
 #include "fuse4fs.h"
 
-/* ext4's timestamp range with and without the extra epoch bits. */
-#define F4_TIME_MIN		((int64_t)INT32_MIN)
-#define F4_TIME_MAX_EXTRA	(((int64_t)1 << 34) - 1 + INT32_MIN)
-#define F4_TIME_MAX_OLD		((int64_t)INT32_MAX)
-
 /* statx(2) STATX_DIOALIGN. */
 #define F4_STATX_DIOALIGN	0x00002000U
 

@@ -302,6 +302,74 @@ out:
 }
 
 /*
+ * Allocate up to len blocks for the hole at lblk of an extent-mapped file
+ * as one new extent (unwritten if asked), near the file's other blocks.
+ * libext2fs's ext2fs_fallocate() is not used: it also fills the gap up to
+ * a neighbouring extent, handing out blocks nobody asked for with their
+ * stale contents.  The caller has checked that [lblk, lblk+len) is a hole.
+ */
+static int f4_alloc_extent(struct f4fs *f4, ext2_ino_t ino,
+			   struct ext2_inode_large *inode, uint64_t lblk,
+			   uint64_t len, bool uninit, struct f4_map *map)
+{
+	ext2_filsys fs = f4->fs;
+	ext2_extent_handle_t handle = NULL;
+	struct ext2fs_extent cur, ext;
+	blk64_t goal, pblk = 0, plen = 0;
+	uint64_t max = uninit ? F4_EXT_UNINIT_MAX : F4_EXT_INIT_MAX;
+	errcode_t err;
+	int flags = 0;
+
+	if (len > max)
+		len = max;
+	goal = ext2fs_find_inode_goal(fs, ino, (struct ext2_inode *)inode,
+				      lblk);
+	err = ext2fs_new_range(fs, 0, goal, len, NULL, &pblk, &plen);
+	if (err)
+		return f4_errno(err);
+	ext2fs_block_alloc_stats_range(fs, pblk, (blk_t)plen, +1);
+
+	err = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)inode, &handle);
+	if (err)
+		goto undo;
+	/* Insert after the extent before lblk, or first in the tree. */
+	err = ext2fs_extent_goto2(handle, 0, lblk);
+	if (err == 0) {
+		err = EXT2_ET_EXTENT_HEADER_BAD;	/* lblk was no hole */
+		goto undo;
+	}
+	if (err != EXT2_ET_EXTENT_NOT_FOUND)
+		goto undo;
+	err = ext2fs_extent_get(handle, EXT2_EXTENT_CURRENT, &cur);
+	if (err == 0 && cur.e_lblk < lblk)
+		flags = EXT2_EXTENT_INSERT_AFTER;
+	memset(&ext, 0, sizeof(ext));
+	ext.e_lblk = (blk64_t)lblk;
+	ext.e_pblk = pblk;
+	ext.e_len = (uint32_t)plen;
+	ext.e_flags = uninit ? EXT2_EXTENT_FLAGS_UNINIT : 0;
+	err = ext2fs_extent_insert(handle, flags, &ext);
+	if (!err)
+		err = ext2fs_extent_fix_parents(handle);
+	if (err)
+		goto undo;
+	ext2fs_extent_free(handle);
+	err = ext2fs_iblk_add_blocks(fs, (struct ext2_inode *)inode, plen);
+	if (err)
+		return f4_errno(err);
+	map->lblk = lblk;
+	map->len = plen;
+	map->pblk = pblk;
+	map->type = uninit ? F4_MAP_UNWRITTEN : F4_MAP_MAPPED;
+	return f4_map_merge_left(f4, ino, inode, lblk);
+undo:
+	if (handle)
+		ext2fs_extent_free(handle);
+	ext2fs_block_alloc_stats_range(fs, pblk, (blk_t)plen, -1);
+	return f4_errno(err);
+}
+
+/*
  * Return the mapping of lblk.  With F4_MAP_WRITE a hole is allocated as
  * written blocks (at most maxlen of them, near the file's other blocks)
  * and the result is marked fresh: the caller must write every byte of
@@ -314,7 +382,6 @@ int f4_map_begin(struct f4fs *f4, ext2_ino_t ino,
 		 struct ext2_inode_large *inode, uint64_t lblk,
 		 uint64_t maxlen, unsigned int flags, struct f4_map *map)
 {
-	errcode_t err;
 	int ret;
 
 	memset(map, 0, sizeof(*map));
@@ -331,19 +398,7 @@ int f4_map_begin(struct f4fs *f4, ext2_ino_t ino,
 		ret = f4_alloc_indirect(f4, ino, inode, lblk, map->len, map);
 		goto written;
 	}
-	err = ext2fs_fallocate(f4->fs, EXT2_FALLOCATE_FORCE_INIT, ino,
-			       (struct ext2_inode *)inode,
-			       ext2fs_find_inode_goal(f4->fs, ino,
-						      (struct ext2_inode *)inode,
-						      lblk),
-			       lblk, map->len);
-	if (err)
-		return f4_errno(err);
-	ret = f4_map_merge_left(f4, ino, inode, lblk);
-	if (ret == 0)
-		ret = f4_map_lookup(f4, ino, inode, lblk, map->len, map);
-	if (ret == 0 && map->type != F4_MAP_MAPPED)
-		ret = EUCLEAN;
+	ret = f4_alloc_extent(f4, ino, inode, lblk, map->len, false, map);
 written:
 	if (ret == 0) {
 		map->type = F4_MAP_MAPPED;
@@ -463,7 +518,7 @@ int f4_map_prealloc(struct f4fs *f4, ext2_ino_t ino,
 		    struct ext2_inode_large *inode, uint64_t lblk, uint64_t len,
 		    unsigned int flags)
 {
-	errcode_t err;
+	uint64_t end = lblk + len;
 	int ret;
 
 	if (!(inode->i_flags & EXT4_EXTENTS_FL))
@@ -471,15 +526,16 @@ int f4_map_prealloc(struct f4fs *f4, ext2_ino_t ino,
 	/* Counting blocks already mapped in the range would be exact; the
 	 * whole range is a safe upper bound for the check. */
 	ret = f4_check_space(f4, len, flags & F4_MAP_ROOT);
-	if (ret)
-		return ret;
-	err = ext2fs_fallocate(f4->fs, EXT2_FALLOCATE_FORCE_UNINIT, ino,
-			       (struct ext2_inode *)inode,
-			       ext2fs_find_inode_goal(f4->fs, ino,
-						      (struct ext2_inode *)inode,
-						      lblk),
-			       lblk, len);
-	if (err)
-		return f4_errno(err);
-	return f4_write_inode(f4, ino, inode);
+	while (ret == 0 && lblk < end) {
+		struct f4_map map;
+
+		ret = f4_map_lookup(f4, ino, inode, lblk, end - lblk, &map);
+		if (ret == 0 && map.type == F4_MAP_HOLE)
+			ret = f4_alloc_extent(f4, ino, inode, lblk, map.len, true,
+					      &map);
+		lblk += map.len;
+	}
+	if (ret == 0)
+		ret = f4_write_inode(f4, ino, inode);
+	return ret;
 }

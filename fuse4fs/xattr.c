@@ -31,6 +31,14 @@ static bool f4_known_namespace(const char *name)
 	       f4_is_acl_name(name);
 }
 
+/* A bare prefix ("user.") names nothing: the VFS answers EINVAL for ext4
+ * before the filesystem sees it, but passes it on to FUSE. */
+static bool f4_bare_prefix(const char *name)
+{
+	return !strcmp(name, "user.") || !strcmp(name, "trusted.") ||
+	       !strcmp(name, "security.");
+}
+
 static int f4_xattrs_load(struct f4fs *f4, ext2_ino_t ino,
 			  struct ext2_xattr_handle **h)
 {
@@ -59,12 +67,12 @@ void f4_getxattr(struct fe_req *req, uint64_t nodeid, const char *name,
 	errcode_t err;
 	int ret;
 
-	if (!f4_known_namespace(name)) {
+	if (!f4_known_namespace(name) || (f4_is_acl_name(name) && !f4->acl)) {
 		f4_reply_err(req, EOPNOTSUPP);
 		return;
 	}
-	if (f4_is_acl_name(name) && !f4->acl) {
-		f4_reply_err(req, EOPNOTSUPP);
+	if (f4_bare_prefix(name)) {
+		f4_reply_err(req, EINVAL);
 		return;
 	}
 	f4_lock(f4);
@@ -303,12 +311,14 @@ static int f4_xattr_store(struct f4fs *f4, ext2_ino_t ino, const char *name,
 	if (ret)
 		return ret;
 	if (remove) {
-		/* libext2fs calls removing a missing name a success; ext4
-		 * says ENODATA. */
+		/* Removing a missing name is ENODATA on ext4, except for an
+		 * ACL, whose removal just means "no ACL". */
 		err = ext2fs_xattr_get(h, name, &old, &oldlen);
 		if (old)
 			ext2fs_free_mem(&old);
-		if (!err)
+		if (err == EXT2_ET_EA_KEY_NOT_FOUND && f4_is_acl_name(name))
+			err = 0;
+		else if (!err)
 			err = ext2fs_xattr_remove(h, name);
 	} else
 		err = ext2fs_xattr_set(h, name, value, len);
@@ -452,6 +462,10 @@ void f4_setxattr(struct fe_req *req, uint64_t nodeid, const char *name,
 		f4_reply_err(req, EOPNOTSUPP);
 		return;
 	}
+	if (f4_bare_prefix(name)) {
+		f4_reply_err(req, EINVAL);
+		return;
+	}
 	if (strlen(name) > 255) {
 		f4_reply_err(req, ERANGE);
 		return;
@@ -549,6 +563,10 @@ void f4_removexattr(struct fe_req *req, uint64_t nodeid, const char *name)
 	}
 	if (!f4_known_namespace(name) || (f4_is_acl_name(name) && !f4->acl)) {
 		f4_reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	if (f4_bare_prefix(name)) {
+		f4_reply_err(req, EINVAL);
 		return;
 	}
 	f4_lock(f4);
