@@ -157,6 +157,34 @@ static int f4_probe_iomap(struct f4fs *f4)
 	return ret;
 }
 
+/*
+ * libfuse is the judge of the kernel mount options; ask it before the
+ * filesystem is opened, so a typo costs nothing.
+ */
+static struct fuse_session *f4_fuse_session(const struct f4_options *opts,
+					    const char *argv0,
+					    const char *blkdev)
+{
+	static const struct fuse_lowlevel_ops no_ops;
+	struct fuse_args fargs = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_session *fuse = NULL;
+	char *mo = f4_mount_options(opts, argv0, blkdev);
+
+	if (!mo || fuse_opt_add_arg(&fargs, argv0) == -1 ||
+	    fuse_opt_add_arg(&fargs, "-o") == -1 ||
+	    fuse_opt_add_arg(&fargs, mo) == -1) {
+		f4_log("out of memory");
+		goto out;
+	}
+	fuse = fuse_session_new(&fargs, &no_ops, sizeof(no_ops), NULL);
+	if (!fuse)
+		f4_log("invalid mount options: %s", mo);
+out:
+	free(mo);
+	fuse_opt_free_args(&fargs);
+	return fuse;
+}
+
 static void *f4_signal_thread(void *arg)
 {
 	struct f4_sigwait *sw = arg;
@@ -173,9 +201,7 @@ static void *f4_signal_thread(void *arg)
 
 int main(int argc, char **argv)
 {
-	static const struct fuse_lowlevel_ops no_ops;
 	struct f4fs f4 = { .devfd = -1, .iomap_fd = -1 };
-	struct fuse_args fargs = FUSE_ARGS_INIT(0, NULL);
 	struct fuse_session *fuse = NULL;
 	struct fe_config cfg = { 0 };
 	struct f4_sigwait sw;
@@ -184,7 +210,6 @@ int main(int argc, char **argv)
 	char loopname[64];
 	const char *blkdev;
 	int loopfd = -1;
-	char *mo = NULL;
 	int exitcode = F4_EXIT_MOUNT;
 	int ret;
 
@@ -200,30 +225,29 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	fuse = f4_fuse_session(&f4.opts, argv[0], NULL);
+	if (!fuse) {
+		exitcode = F4_EXIT_USAGE;
+		goto out;
+	}
+	fuse_session_destroy(fuse);
+	fuse = NULL;
+
 	if (f4_open_fs(&f4))
 		goto out;
 	if (f4_probe_iomap(&f4))
 		goto out;
 
 	blkdev = f4_pick_blkdev(&f4, loopname, sizeof(loopname), &loopfd);
-	mo = f4_mount_options(&f4.opts, argv[0], blkdev);
-	if (!mo || fuse_opt_add_arg(&fargs, argv[0]) == -1 ||
-	    fuse_opt_add_arg(&fargs, "-o") == -1 ||
-	    fuse_opt_add_arg(&fargs, mo) == -1) {
-		f4_log("out of memory");
+	fuse = f4_fuse_session(&f4.opts, argv[0], blkdev);
+	if (!fuse)
 		goto out;
-	}
-	fuse = fuse_session_new(&fargs, &no_ops, sizeof(no_ops), NULL);
-	if (!fuse) {
-		f4_log("invalid mount options: %s", mo);
-		exitcode = F4_EXIT_USAGE;
-		goto out;
-	}
 	ret = fuse_session_mount(fuse, f4.opts.mountpoint);
 	/* The kernel holds a fuseblk source open from here on; the loop
 	 * device goes away by itself once it lets go. */
 	if (loopfd >= 0)
 		close(loopfd);
+	loopfd = -1;
 	if (ret != 0) {
 		f4_log("cannot mount on %s", f4.opts.mountpoint);
 		fuse_session_destroy(fuse);
@@ -275,11 +299,11 @@ out_unmount:
 out:
 	if (f4.se)
 		fe_session_free(f4.se);
+	if (loopfd >= 0)
+		close(loopfd);
 	f4_close_fs(&f4);
 	f4_iomap_release(&f4);
 	f4_itable_free(&f4);
-	free(mo);
-	fuse_opt_free_args(&fargs);
 	f4_free_options(&f4.opts);
 	pthread_rwlock_destroy(&f4.flush_barrier);
 	pthread_mutex_destroy(&f4.lock);
