@@ -640,8 +640,9 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 				f4_kill_suidgid(req, &inode);
 			mode_changed = mode != inode.i_mode;
 			/* With the writeback cache the kernel keeps the times
-			 * of written files and sends them with SETATTR. */
-			if (!cached)
+			 * of regular files, for the writes it sends through
+			 * too, and sends them with SETATTR. */
+			if (!f4->opts.writeback_cache)
 				f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
 			ret2 = f4_write_inode(f4, ino, &inode);
 		}
@@ -799,6 +800,20 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 	first = (start + bs - 1) >> f4->blockbits;	/* first whole block */
 	last_excl = end >> f4->blockbits;		/* past the last whole one */
 
+	if (mode & F4_FALLOC_PUNCH_HOLE) {
+		/* As ext4_punch_hole(): nothing past EOF, and a range running
+		 * past EOF ends at EOF rounded up to a page, so preallocated
+		 * blocks further out stay. */
+		uint64_t size = f4_inode_size(&inode);
+		uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+
+		if (start >= size)
+			goto done;
+		if (end > size) {
+			end = size + page - (size & (page - 1));
+			last_excl = end >> f4->blockbits;
+		}
+	}
 	if (mode & (F4_FALLOC_PUNCH_HOLE | F4_FALLOC_ZERO_RANGE)) {
 		uint64_t size = f4_inode_size(&inode);
 		uint64_t zend = (mode & F4_FALLOC_PUNCH_HOLE) && end > size ?
@@ -835,8 +850,13 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 	if (!(mode & (F4_FALLOC_KEEP_SIZE | F4_FALLOC_PUNCH_HOLE)) &&
 	    end > f4_inode_size(&inode))
 		ext2fs_inode_size_set(f4->fs, (struct ext2_inode *)&inode, end);
-	f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
+	/* With the writeback cache the kernel keeps the file's times. */
+	if (!f4->opts.writeback_cache)
+		f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
 	ret = f4_write_inode(f4, ino, &inode);
+	goto out;
+done:
+	ret = 0;
 out:
 	f4_unlock(f4);
 	pthread_rwlock_unlock(&f4->flush_barrier);

@@ -786,6 +786,9 @@ void f4_setattr(struct fe_req *req, uint64_t nodeid,
 	 * kernel turns any other request to drop them (chown to the same
 	 * owner, a write by a caller without CAP_FSETID) into a SETATTR that
 	 * changes nothing else but, with the writeback cache, ctime. */
+	/* The empty form cannot tell a non-owner's chown(-1, -1), which
+	 * ext4 refuses, from a non-owner's fallocate or truncate, which must
+	 * drop the bits: dropping them is the safe side. */
 	if (((valid & (FATTR_UID | FATTR_GID)) && !(valid & FATTR_MODE)) ||
 	    (valid & FATTR_KILL_SUIDGID) ||
 	    !(valid & F4_FATTR_CHANGES & ~FATTR_CTIME))

@@ -453,7 +453,9 @@ out:
 static int f4_drop_dir(struct f4fs *f4, ext2_ino_t ino,
 		       struct ext2_inode_large *inode)
 {
+	/* Held open, it reads as empty, as after ext4's rmdir. */
 	inode->i_links_count = 0;
+	inode->i_size = 0;
 	f4_touch(f4, inode, F4_CTIME, NULL);
 	if (f4_itable_find(f4, ino))
 		return f4_orphan_add(f4, ino, inode);
