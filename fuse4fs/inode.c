@@ -815,7 +815,10 @@ void f4_setattr(struct fe_req *req, uint64_t nodeid,
 		f4_touch(f4, &inode, F4_CTIME, &ts);
 		ctime_set = true;
 	}
-	if (!ctime_set)
+	/* With the writeback cache the kernel keeps a regular file's ctime
+	 * and sends it when it matters; a stamp of ours would go unseen. */
+	if (!ctime_set && !(f4->opts.writeback_cache &&
+			    LINUX_S_ISREG(inode.i_mode)))
 		f4_touch(f4, &inode, F4_CTIME, NULL);
 	ret = f4_write_inode(f4, ino, &inode);
 	if (ret == 0 && (valid & FATTR_MODE)) {

@@ -904,8 +904,14 @@ def fuse4fs_mount(image, opts=None, *, ro=True, binary=None, mnt=None,
         raise
     finally:
         if e is not None and not is_mounted(mnt) and proc.poll() is None and not h.watchdog_fired:
-            problems.append("the mount vanished before the test unmounted it "
-                            "(unmounted by another process?)")
+            # Unmounted inside the block (by the test, or by someone else):
+            # the server must then finish by itself, which a sanitizer
+            # build's exit-time leak check makes take a moment.
+            try:
+                proc.wait(timeout=exit_timeout)
+            except subprocess.TimeoutExpired:
+                problems.append("the mount vanished but the server kept running "
+                                "(unmounted by another process?)")
         if h.watchdog_fired:
             problems.append("watchdog: the mount was still in use after %ss; "
                             "connection aborted (server hung?)" % watchdog)
