@@ -31,12 +31,25 @@ static bool f4_known_namespace(const char *name)
 	       f4_is_acl_name(name);
 }
 
-/* A bare prefix ("user.") names nothing: the VFS answers EINVAL for ext4
- * before the filesystem sees it, but passes it on to FUSE. */
-static bool f4_bare_prefix(const char *name)
+/*
+ * Whether an xattr request may go on, as ext4 (with the VFS in front of
+ * it) decides from the name alone: 0, or the errno to answer.  A bare
+ * prefix ("user.") names nothing; the VFS refuses it and over-long names
+ * for ext4 before the filesystem sees them, but passes them on to FUSE.
+ */
+static int f4_xattr_name_check(struct f4fs *f4, const char *name,
+			       bool changes)
 {
-	return !strcmp(name, "user.") || !strcmp(name, "trusted.") ||
-	       !strcmp(name, "security.");
+	if (changes && f4->ro)
+		return EROFS;
+	if (!f4_known_namespace(name) || (f4_is_acl_name(name) && !f4->acl))
+		return EOPNOTSUPP;
+	if (!strcmp(name, "user.") || !strcmp(name, "trusted.") ||
+	    !strcmp(name, "security."))
+		return EINVAL;
+	if (strlen(name) > 255)
+		return ERANGE;
+	return 0;
 }
 
 static int f4_xattrs_load(struct f4fs *f4, ext2_ino_t ino,
@@ -67,12 +80,9 @@ void f4_getxattr(struct fe_req *req, uint64_t nodeid, const char *name,
 	errcode_t err;
 	int ret;
 
-	if (!f4_known_namespace(name) || (f4_is_acl_name(name) && !f4->acl)) {
-		f4_reply_err(req, EOPNOTSUPP);
-		return;
-	}
-	if (f4_bare_prefix(name)) {
-		f4_reply_err(req, EINVAL);
+	ret = f4_xattr_name_check(f4, name, false);
+	if (ret) {
+		f4_reply_err(req, ret);
 		return;
 	}
 	f4_lock(f4);
@@ -454,20 +464,9 @@ void f4_setxattr(struct fe_req *req, uint64_t nodeid, const char *name,
 	errcode_t err;
 	int ret;
 
-	if (f4->ro) {
-		f4_reply_err(req, EROFS);
-		return;
-	}
-	if (!f4_known_namespace(name) || (f4_is_acl_name(name) && !f4->acl)) {
-		f4_reply_err(req, EOPNOTSUPP);
-		return;
-	}
-	if (f4_bare_prefix(name)) {
-		f4_reply_err(req, EINVAL);
-		return;
-	}
-	if (strlen(name) > 255) {
-		f4_reply_err(req, ERANGE);
+	ret = f4_xattr_name_check(f4, name, true);
+	if (ret) {
+		f4_reply_err(req, ret);
 		return;
 	}
 	if (flags & ~(F4_XATTR_CREATE | F4_XATTR_REPLACE)) {
@@ -557,16 +556,9 @@ void f4_removexattr(struct fe_req *req, uint64_t nodeid, const char *name)
 	ext2_ino_t ino;
 	int ret;
 
-	if (f4->ro) {
-		f4_reply_err(req, EROFS);
-		return;
-	}
-	if (!f4_known_namespace(name) || (f4_is_acl_name(name) && !f4->acl)) {
-		f4_reply_err(req, EOPNOTSUPP);
-		return;
-	}
-	if (f4_bare_prefix(name)) {
-		f4_reply_err(req, EINVAL);
+	ret = f4_xattr_name_check(f4, name, true);
+	if (ret) {
+		f4_reply_err(req, ret);
 		return;
 	}
 	f4_lock(f4);
