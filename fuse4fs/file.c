@@ -639,10 +639,7 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 			if (arg->write_flags & FUSE_WRITE_KILL_SUIDGID)
 				f4_kill_suidgid(req, &inode);
 			mode_changed = mode != inode.i_mode;
-			/* With the writeback cache the kernel keeps the times
-			 * of regular files, for the writes it sends through
-			 * too, and sends them with SETATTR. */
-			if (!f4->opts.writeback_cache)
+			if (!f4_kernel_keeps_times(f4, &inode))
 				f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
 			ret2 = f4_write_inode(f4, ino, &inode);
 		}
@@ -850,8 +847,7 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 	if (!(mode & (F4_FALLOC_KEEP_SIZE | F4_FALLOC_PUNCH_HOLE)) &&
 	    end > f4_inode_size(&inode))
 		ext2fs_inode_size_set(f4->fs, (struct ext2_inode *)&inode, end);
-	/* With the writeback cache the kernel keeps the file's times. */
-	if (!f4->opts.writeback_cache)
+	if (!f4_kernel_keeps_times(f4, &inode))
 		f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
 	ret = f4_write_inode(f4, ino, &inode);
 	goto out;

@@ -214,6 +214,8 @@ bool f4_dir_link_max(struct f4fs *f4, const struct ext2_inode_large *dir);
 void f4_setattr(struct fe_req *req, uint64_t nodeid,
 		const struct fuse_setattr_in *arg);
 void f4_kill_suidgid(struct fe_req *req, struct ext2_inode_large *inode);
+bool f4_kernel_keeps_times(struct f4fs *f4,
+			   const struct ext2_inode_large *inode);
 bool f4_caller_in_group(uint32_t pid, uint32_t gid);
 
 /* dir.c: directory blocks, listing and name lookup. */
@@ -300,6 +302,7 @@ int f4_map_prealloc(struct f4fs *f4, ext2_ino_t ino,
 		    uint64_t len, unsigned int flags);
 uint64_t f4_max_file_size(struct f4fs *f4,
 			  const struct ext2_inode_large *inode);
+uint64_t f4_extent_reserve(struct f4fs *f4);
 int f4_check_space(struct f4fs *f4, uint64_t nblocks, bool root);
 bool f4_req_privileged(struct f4fs *f4, const struct fe_req *req);
 

@@ -331,6 +331,18 @@ bool f4_caller_in_group(uint32_t pid, uint32_t gid)
 }
 
 /*
+ * With the writeback cache the kernel keeps a regular file's mtime and
+ * ctime itself (also across the writes it sends through) and sends them
+ * with SETATTR; a stamp of ours would never be seen.
+ */
+bool f4_kernel_keeps_times(struct f4fs *f4,
+			   const struct ext2_inode_large *inode)
+{
+	return !f4->ro && f4->opts.writeback_cache &&
+		LINUX_S_ISREG(inode->i_mode);
+}
+
+/*
  * Clear set-user-ID, and set-group-ID where ext4 would: when the group may
  * execute the file, or when the caller is not in the file's group (and
  * not privileged).  The kernel leaves this to the server on write,
@@ -815,10 +827,7 @@ void f4_setattr(struct fe_req *req, uint64_t nodeid,
 		f4_touch(f4, &inode, F4_CTIME, &ts);
 		ctime_set = true;
 	}
-	/* With the writeback cache the kernel keeps a regular file's ctime
-	 * and sends it when it matters; a stamp of ours would go unseen. */
-	if (!ctime_set && !(f4->opts.writeback_cache &&
-			    LINUX_S_ISREG(inode.i_mode)))
+	if (!ctime_set && !f4_kernel_keeps_times(f4, &inode))
 		f4_touch(f4, &inode, F4_CTIME, NULL);
 	ret = f4_write_inode(f4, ino, &inode);
 	if (ret == 0 && (valid & FATTR_MODE)) {

@@ -178,22 +178,30 @@ uint64_t f4_max_file_size(struct f4fs *f4, const struct ext2_inode_large *inode)
  * The space rule of ext4: everyone leaves 2% (at most 4096 clusters) for
  * extent-tree work on extent filesystems, and only privileged callers may
  * use the root-reserved blocks.  libext2fs itself would hand out every
- * last block.
+ * last block.  statfs subtracts the same reserve from what is available.
  */
+uint64_t f4_extent_reserve(struct f4fs *f4)
+{
+	struct ext2_super_block *sb = f4->fs->super;
+	uint64_t resv;
+
+	if (!ext2fs_has_feature_extents(sb))
+		return 0;
+	resv = (ext2fs_blocks_count(sb) >>
+		(sb->s_log_cluster_size - sb->s_log_block_size)) / 50;
+	if (resv > 4096)
+		resv = 4096;
+	return EXT2FS_C2B(f4->fs, resv);
+}
+
 int f4_check_space(struct f4fs *f4, uint64_t nblocks, bool root)
 {
 	struct ext2_super_block *sb = f4->fs->super;
-	uint64_t free = ext2fs_free_blocks_count(sb), resv = 0;
+	uint64_t resv = f4_extent_reserve(f4);
 
-	if (ext2fs_has_feature_extents(sb)) {
-		resv = EXT2FS_NUM_B2C(f4->fs, ext2fs_blocks_count(sb)) / 50;
-		if (resv > 4096)
-			resv = 4096;
-		resv = EXT2FS_C2B(f4->fs, resv);
-	}
 	if (!root)
 		resv += ext2fs_r_blocks_count(sb);
-	return free >= resv + nblocks ? 0 : ENOSPC;
+	return ext2fs_free_blocks_count(sb) >= resv + nblocks ? 0 : ENOSPC;
 }
 
 /* Who may use the root-reserved blocks: root, or the configured user or

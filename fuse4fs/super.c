@@ -425,7 +425,7 @@ void f4_statfs(struct fe_req *req, uint64_t nodeid)
 	struct f4fs *f4 = fe_req_fs(req);
 	struct ext2_super_block *sb;
 	struct fuse_kstatfs st;
-	blk64_t total, overhead, free_blocks = 0, reserved, resv = 0;
+	blk64_t total, overhead, free_blocks = 0, reserved;
 	uint64_t free_inodes = 0;
 	dgrp_t g;
 
@@ -440,15 +440,7 @@ void f4_statfs(struct fe_req *req, uint64_t nodeid)
 		free_inodes += ext2fs_bg_free_inodes_count(f4->fs, g);
 	}
 	free_blocks = EXT2FS_C2B(f4->fs, free_blocks);
-	/* ext4 keeps 2% (at most 4096 clusters) back for extent-tree work on
-	 * extent filesystems, on top of the root-reserved blocks. */
-	if (ext2fs_has_feature_extents(sb)) {
-		resv = (total >> (sb->s_log_cluster_size - sb->s_log_block_size)) / 50;
-		if (resv > 4096)
-			resv = 4096;
-		resv = EXT2FS_C2B(f4->fs, resv);
-	}
-	reserved = ext2fs_r_blocks_count(sb) + resv;
+	reserved = ext2fs_r_blocks_count(sb) + f4_extent_reserve(f4);
 	st.blocks = overhead < total ? total - overhead : 0;
 	st.bfree = free_blocks;
 	st.bavail = free_blocks > reserved ? free_blocks - reserved : 0;
