@@ -19,10 +19,10 @@
 
 #define F4_PROGNAME "fuse4fs"
 
-enum f4_iomap_mode {
-	F4_IOMAP_AUTO,
-	F4_IOMAP_ON,
-	F4_IOMAP_OFF,
+enum f4_auto_mode {
+	F4_AUTO,
+	F4_ON,
+	F4_OFF,
 };
 
 /* What the user asked for on the command line. */
@@ -38,8 +38,9 @@ struct f4_options {
 	bool norecovery;
 	bool nosync_unmount;
 	bool writeback_cache;
-	enum f4_iomap_mode iomap;
+	enum f4_auto_mode iomap;
 	bool iomap_debug;
+	enum f4_auto_mode uring;
 	uint16_t errors;	/* EXT2_ERRORS_*, 0 = the superblock's */
 	bool acl;
 	bool foreground;

@@ -64,7 +64,7 @@ int f4_iomap_prepare(struct f4fs *f4, int fusefd)
 	struct stat st;
 	int ret;
 
-	if (f4->opts.iomap == F4_IOMAP_OFF)
+	if (f4->opts.iomap == F4_OFF)
 		return 0;
 	ret = fusefd >= 0 ? fe_iomap_probe(fusefd, &flags) : -ENODEV;
 	if (ret == -ENOTTY || ret == -ENODEV)
@@ -96,7 +96,7 @@ int f4_iomap_prepare(struct f4fs *f4, int fusefd)
 				 name);
 	}
 	if (why) {
-		if (f4->opts.iomap == F4_IOMAP_ON) {
+		if (f4->opts.iomap == F4_ON) {
 			f4_log("cannot use iomap (-o iomap=on): %s", why);
 			return EOPNOTSUPP;
 		}

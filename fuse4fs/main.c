@@ -146,7 +146,7 @@ static int f4_probe_iomap(struct f4fs *f4)
 	const char *mnt = f4->opts.mountpoint;
 	int fd, ret;
 
-	if (f4->opts.iomap == F4_IOMAP_OFF)
+	if (f4->opts.iomap == F4_OFF)
 		return 0;
 	if (f4_is_dev_fd(mnt))
 		return f4_iomap_prepare(f4, atoi(mnt + 8));
@@ -155,6 +155,31 @@ static int f4_probe_iomap(struct f4fs *f4)
 	if (fd >= 0)
 		close(fd);
 	return ret;
+}
+
+#define F4_URING_PARAM "/sys/module/fuse/parameters/enable_uring"
+
+/* uring=on is a promise the kernel must be able to keep. */
+static int f4_check_uring(const struct f4_options *opts)
+{
+	char c = 0;
+	int fd;
+
+	if (opts->uring != F4_ON)
+		return 0;
+	fd = open(F4_URING_PARAM, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (read(fd, &c, 1) != 1)
+			c = 0;
+		close(fd);
+	}
+	if (c == 'Y' || c == 'y' || c == '1')
+		return 0;
+	f4_log("uring=on: the kernel does not offer FUSE over io_uring (%s); "
+	       "enable it with 'echo Y > %s', or use uring=auto",
+	       fd < 0 ? "no " F4_URING_PARAM : "its enable_uring is off",
+	       F4_URING_PARAM);
+	return -1;
 }
 
 /*
@@ -232,6 +257,10 @@ int main(int argc, char **argv)
 	}
 	fuse_session_destroy(fuse);
 	fuse = NULL;
+	if (f4_check_uring(&f4.opts)) {
+		exitcode = F4_EXIT_USAGE;
+		goto out;
+	}
 
 	if (f4_open_fs(&f4))
 		goto out;
@@ -259,6 +288,7 @@ int main(int argc, char **argv)
 
 	cfg.nthreads = f4.opts.threads;
 	cfg.debug = f4.opts.debug;
+	cfg.io_uring = f4.opts.uring != F4_OFF;
 	f4.se = fe_session_new(&f4_ops, &f4, &cfg);
 	if (!f4.se) {
 		f4_log("out of memory");

@@ -36,6 +36,7 @@ struct f4_optparse {
 	unsigned long long offset;
 	unsigned int threads;
 	char *iomap;
+	char *uring;
 	char *errors;
 	char *fsname;
 	char *subtype;
@@ -53,6 +54,7 @@ static const struct fuse_opt f4_opt_spec[] = {
 	F4_OPT("fsname=%s", fsname),
 	F4_OPT("subtype=%s", subtype),
 	F4_OPT("iomap=%s", iomap),
+	F4_OPT("uring=%s", uring),
 	F4_OPT("errors=%s", errors),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
@@ -104,6 +106,10 @@ void f4_usage(FILE *out)
 "                     auto (default) uses it when possible\n"
 "  iomap_debug        log every iomap mapping, and check each against the\n"
 "                     kernel's validation rules before sending it\n"
+"  uring=auto|on|off  take requests over FUSE io_uring queues instead of\n"
+"                     /dev/fuse reads (needs the fuse module parameter\n"
+"                     enable_uring=Y); auto (default) uses them when the\n"
+"                     kernel offers them\n"
 "  errors=continue|remount-ro|panic\n"
 "                     what to do when corruption is found (default: the\n"
 "                     superblock's setting); panic stops all writes\n"
@@ -115,6 +121,24 @@ void f4_usage(FILE *out)
 "Other -o options (allow_other, nodev, nosuid, noexec, ...) are passed to\n"
 "the kernel mount.  MOUNTPOINT may be /dev/fd/N to serve an inherited,\n"
 "already mounted /dev/fuse descriptor.\n");
+}
+
+/* name=auto|on|off; unset means auto. */
+static int f4_parse_auto_mode(const char *name, const char *value,
+			      enum f4_auto_mode *mode)
+{
+	if (!value || !strcmp(value, "auto"))
+		*mode = F4_AUTO;
+	else if (!strcmp(value, "on"))
+		*mode = F4_ON;
+	else if (!strcmp(value, "off"))
+		*mode = F4_OFF;
+	else {
+		fprintf(stderr, F4_PROGNAME ": %s=%s: expected auto, on or off\n",
+			name, value);
+		return -1;
+	}
+	return 0;
 }
 
 static int f4_opt_proc(void *data, const char *arg, int key,
@@ -233,17 +257,9 @@ int f4_parse_options(int argc, char **argv, struct f4_options *opts)
 			p.offset);
 		goto out;
 	}
-	if (!p.iomap || !strcmp(p.iomap, "auto")) {
-		opts->iomap = F4_IOMAP_AUTO;
-	} else if (!strcmp(p.iomap, "on")) {
-		opts->iomap = F4_IOMAP_ON;
-	} else if (!strcmp(p.iomap, "off")) {
-		opts->iomap = F4_IOMAP_OFF;
-	} else {
-		fprintf(stderr, F4_PROGNAME ": iomap=%s: expected auto, on or off\n",
-			p.iomap);
+	if (f4_parse_auto_mode("iomap", p.iomap, &opts->iomap) ||
+	    f4_parse_auto_mode("uring", p.uring, &opts->uring))
 		goto out;
-	}
 	if (p.errors && !strcmp(p.errors, "continue")) {
 		opts->errors = EXT2_ERRORS_CONTINUE;
 	} else if (p.errors && !strcmp(p.errors, "remount-ro")) {
@@ -265,6 +281,7 @@ out:
 	free(p.fsname);
 	free(p.subtype);
 	free(p.iomap);
+	free(p.uring);
 	free(p.errors);
 	fuse_opt_free_args(&args);
 	return p.failed ? -1 : ret;

@@ -9,7 +9,7 @@
  * the caller in the kernel is never left hanging.
  */
 #define _GNU_SOURCE
-#include "fuse_engine.h"
+#include "fe_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,16 +32,9 @@
 /* Kernels older than this lack fields and flags the engine relies on
  * (7.31 is Linux 5.8). */
 #define FE_MIN_KERNEL_MINOR	31
-/* Workers blocked in read() are woken with this signal on stop. */
-#define FE_WAKE_SIGNAL		SIGUSR1
 /* How often the supervisor re-sends the wake-up signal while stopping: a
  * signal that lands between the stop check and read() is otherwise lost. */
 #define FE_WAKE_INTERVAL_NS	(50 * 1000 * 1000L)
-/* Room to realign the extension area of a request to 8 bytes. */
-#define FE_BUF_SLACK		8
-
-#define container_of(ptr, type, member) \
-	((type *)((char *)(ptr) - offsetof(type, member)))
 
 /* ------------------------------------------------------------------ */
 /* Opcode table                                                        */
@@ -170,59 +163,7 @@ const char *fe_opcode_name(uint32_t opcode)
 /* Session state                                                       */
 /* ------------------------------------------------------------------ */
 
-struct fe_ireq {
-	struct fe_req req;
-	struct fe_ireq *prev, *next;	/* in-flight list, under se->lock */
-	bool listed;
-	bool replied;
-};
-
-struct fe_worker {
-	struct fe_session *se;
-	unsigned int index;
-	pthread_t thread;
-	bool started;
-	bool running;		/* under se->lock */
-	bool own_fd;
-	int fd;
-	long tid;
-	bool nofs_done;		/* FUSE_DEV_IOC_SET_NOFS was tried */
-	char *buf;
-	struct fe_ireq ireq;
-};
-
-enum fe_init_state {
-	FE_INIT_NONE,
-	FE_INIT_BUSY,		/* an INIT is being handled */
-	FE_INIT_DONE,
-};
-
-struct fe_session {
-	const struct fe_ops *ops;
-	void *fs;
-	unsigned int nthreads;
-	bool debug;
-	uint32_t max_write;	/* the most any worker buffer can take */
-	size_t bufsize;
-
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	int init_state;		/* written under lock, read atomically */
-	struct fe_conn conn;
-	bool stop;		/* written under lock, read atomically */
-	bool destroyed;		/* likewise */
-	bool is_socket;
-	int fd;			/* the channel given to serve; -1 otherwise */
-	unsigned int nrunning;
-	int error;		/* first fatal channel error, negative */
-	bool nofs_logged;	/* a SET_NOFS failure was reported (atomic) */
-	struct fe_ireq inflight;	/* list head */
-	struct fe_worker *workers;
-};
-
-static void fe_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void fe_log(const char *fmt, ...)
+void fe_log(const char *fmt, ...)
 {
 	char line[512];
 	va_list ap;
@@ -234,17 +175,17 @@ static void fe_log(const char *fmt, ...)
 	fprintf(stderr, "%s: %s\n", program_invocation_short_name, line);
 }
 
-static long fe_gettid(void)
+long fe_gettid(void)
 {
 	return (long)syscall(SYS_gettid);
 }
 
-static bool fe_stopping(struct fe_session *se)
+bool fe_stopping(struct fe_session *se)
 {
 	return __atomic_load_n(&se->stop, __ATOMIC_ACQUIRE);
 }
 
-static void fe_request_stop(struct fe_session *se, int error)
+void fe_request_stop(struct fe_session *se, int error)
 {
 	pthread_mutex_lock(&se->lock);
 	if (error && !se->error)
@@ -267,6 +208,7 @@ struct fe_session *fe_session_new(const struct fe_ops *ops, void *fs,
 	se->fs = fs;
 	se->nthreads = cfg && cfg->nthreads ? cfg->nthreads : 1;
 	se->debug = cfg && cfg->debug;
+	se->want_uring = cfg && cfg->io_uring;
 	max_write = cfg && cfg->max_write ? cfg->max_write : FE_DEFAULT_MAX_WRITE;
 	/* The kernel never uses less than 4 KiB, and max_write travels as u32. */
 	if (max_write < 4096)
@@ -634,6 +576,10 @@ static int fe_send_reply(struct fe_req *req, int error,
 				total);
 	}
 
+	if (ir->ring) {
+		ret = fe_ring_reply(ir->ring, error, req->unique, iov, iovcnt);
+		goto out;
+	}
 	ret = fe_send_msg(se, req->fd, v, iovcnt + 1, total);
 	/* ENOENT: the kernel already gave up on the request (interrupted or
 	 * aborted).  Nobody is waiting for this answer any more. */
@@ -804,6 +750,7 @@ static void fe_reject(struct fe_worker *w, const struct fuse_in_header *ih,
 	ir->req.opcode = ih->opcode;
 	ir->req.nodeid = ih->nodeid;
 	ir->req.fd = w->fd;
+	ir->ring = w->ring;
 	fe_reply_err(&ir->req, err);
 }
 
@@ -1089,7 +1036,10 @@ static void fe_do_init(struct fe_worker *w, struct fe_req *req,
 	if (se->ops->init)
 		se->ops->init(se->fs, &c);
 
-	flags = c.want & c.kernel_flags;
+	/* The transport is the engine's business, not the filesystem's. */
+	flags = c.want & c.kernel_flags & ~FUSE_OVER_IO_URING;
+	if (c.kernel_flags & FUSE_OVER_IO_URING)
+		flags |= FUSE_OVER_IO_URING;
 	if (c.kernel_flags & FUSE_INIT_EXT)
 		flags |= FUSE_INIT_EXT;
 	if (c.kernel_flags & FUSE_MAX_PAGES)
@@ -1116,6 +1066,10 @@ static void fe_do_init(struct fe_worker *w, struct fe_req *req,
 	}
 	if (c.max_readahead > in.max_readahead)
 		c.max_readahead = in.max_readahead;
+	if ((flags & FUSE_OVER_IO_URING) && !fe_ring_can_serve(se, &c)) {
+		flags &= ~FUSE_OVER_IO_URING;
+		c.flags = flags;
+	}
 	if (c.time_gran < 1 || c.time_gran > 1000000000)
 		c.time_gran = 1;
 
@@ -1145,6 +1099,12 @@ static void fe_do_init(struct fe_worker *w, struct fe_req *req,
 	__atomic_store_n(&se->init_state, FE_INIT_DONE, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&se->lock);
 	fe_reply_buf(req, &out, sizeof(out));
+	/* Registering is refused until the kernel has processed the reply,
+	 * and on an iomap connection until IOMAP_CONFIG is answered too. */
+	if (!(flags & FUSE_OVER_IO_URING))
+		fe_ring_set_state(se, FE_RING_OFF);
+	else if (!(flags & FUSE_IOMAP))
+		fe_ring_set_state(se, FE_RING_GO);
 	return;
 
 fail:
@@ -1540,16 +1500,17 @@ static void fe_trace_request(struct fe_worker *w,
 {
 	fprintf(stderr,
 		"fe[%ld] unique=%llu op=%s(%u) nodeid=%llu len=%zu uid=%u "
-		"gid=%u pid=%u\n", w->tid, (unsigned long long)ih->unique,
+		"gid=%u pid=%u%s\n", w->tid, (unsigned long long)ih->unique,
 		fe_opcode_name(ih->opcode), ih->opcode,
-		(unsigned long long)ih->nodeid, n, ih->uid, ih->gid, ih->pid);
+		(unsigned long long)ih->nodeid, n, ih->uid, ih->gid, ih->pid,
+		w->ring ? " ring" : "");
 }
 
 /*
- * Handle one message of `n` bytes in w->buf (`n` may exceed the buffer on a
+ * Handle one message of `n` bytes at msg (`n` may exceed the buffer on a
  * socket, where the message was truncated).
  */
-static void fe_handle(struct fe_worker *w, size_t n)
+void fe_handle(struct fe_worker *w, char *msg, size_t n)
 {
 	struct fe_session *se = w->se;
 	struct fe_ireq *ir = &w->ireq;
@@ -1565,7 +1526,7 @@ static void fe_handle(struct fe_worker *w, size_t n)
 		return;
 	}
 	memset(&ih, 0, sizeof(ih));
-	memcpy(&ih, w->buf, n < sizeof(ih) ? n : sizeof(ih));
+	memcpy(&ih, msg, n < sizeof(ih) ? n : sizeof(ih));
 	if (se->debug)
 		fe_trace_request(w, &ih, n);
 	d = fe_opdesc(ih.opcode);
@@ -1604,6 +1565,7 @@ static void fe_handle(struct fe_worker *w, size_t n)
 	req->gid = ih.gid;
 	req->pid = ih.pid;
 	req->fd = w->fd;
+	ir->ring = w->ring;
 
 	if (extlen) {
 		size_t off = sizeof(ih) + bodylen;
@@ -1613,13 +1575,13 @@ static void fe_handle(struct fe_worker *w, size_t n)
 		 * them (into the slack past the message) so req->groups is a
 		 * properly aligned array. */
 		if (aligned != off)
-			memmove(w->buf + aligned, w->buf + off, extlen);
-		err = fe_parse_ext(req, w->buf + aligned, extlen);
+			memmove(msg + aligned, msg + off, extlen);
+		err = fe_parse_ext(req, msg + aligned, extlen);
 		if (err)
 			goto reject;
 	}
 
-	err = fe_parse_args(se, &ih, d, w->buf + sizeof(ih), bodylen, &a);
+	err = fe_parse_args(se, &ih, d, msg + sizeof(ih), bodylen, &a);
 	if (err)
 		goto reject;
 	if (se->debug && fe_is_iomap_opcode(ih.opcode))
@@ -1667,6 +1629,10 @@ static void fe_handle(struct fe_worker *w, size_t n)
 		fe_reply_err(req, EIO);
 	}
 	fe_unlist(se, ir);
+	/* On an iomap connection the rings may register only now. */
+	if (ih.opcode == FUSE_IOMAP_CONFIG &&
+	    (se->conn.flags & FUSE_OVER_IO_URING))
+		fe_ring_set_state(se, FE_RING_GO);
 	return;
 
 reject:
@@ -1696,7 +1662,7 @@ static void fe_wake_handler(int sig)
  * reported once per session, except ENOTTY (a socket, or a kernel without
  * the ioctl, which then has no iomap either).
  */
-static void fe_worker_nofs(struct fe_worker *w)
+void fe_worker_nofs(struct fe_worker *w)
 {
 	struct fe_session *se = w->se;
 	uint32_t one = 1;
@@ -1764,7 +1730,7 @@ static void *fe_worker_main(void *arg)
 			/* A worker that was already waiting in read() when
 			 * INIT was answered catches up here. */
 			fe_worker_nofs(w);
-			fe_handle(w, (size_t)n);
+			fe_handle(w, w->buf, (size_t)n);
 			continue;
 		}
 		if (n == 0 || n == -ENODEV) {
@@ -1790,12 +1756,19 @@ static void *fe_worker_main(void *arg)
 
 	/* One worker seeing the end means all are done. */
 	fe_request_stop(se, error);
+	fe_worker_exit(w);
+	return NULL;
+}
+
+void fe_worker_exit(struct fe_worker *w)
+{
+	struct fe_session *se = w->se;
+
 	pthread_mutex_lock(&se->lock);
 	w->running = false;
 	se->nrunning--;
 	pthread_cond_broadcast(&se->cond);
 	pthread_mutex_unlock(&se->lock);
-	return NULL;
 }
 
 /* Give worker `w` its own clone of the channel where the channel allows. */
@@ -1851,6 +1824,10 @@ int fe_session_serve(struct fe_session *se, int fd)
 		ret = -ENOMEM;
 		goto out;
 	}
+	se->nworkers = se->nthreads;
+	/* Rings only for the kernel's /dev/fuse; they add workers. */
+	if (se->want_uring && !se->is_socket)
+		fe_ring_setup(se);
 
 	/* No SA_RESTART: the wake-up signal must make read() fail. */
 	memset(&sa, 0, sizeof(sa));
@@ -1878,7 +1855,7 @@ int fe_session_serve(struct fe_session *se, int fd)
 	 * before they set up their own mask. */
 	fe_worker_sigmask(&mask);
 	pthread_sigmask(SIG_SETMASK, &mask, &old_mask);
-	for (i = 0; ret == 0 && i < se->nthreads; i++) {
+	for (i = 0; ret == 0 && i < se->nworkers; i++) {
 		struct fe_worker *w = &se->workers[i];
 		int err;
 
@@ -1886,7 +1863,8 @@ int fe_session_serve(struct fe_session *se, int fd)
 		w->running = true;
 		se->nrunning++;
 		pthread_mutex_unlock(&se->lock);
-		err = pthread_create(&w->thread, NULL, fe_worker_main, w);
+		err = pthread_create(&w->thread, NULL,
+				     w->ring ? fe_ring_main : fe_worker_main, w);
 		if (err) {
 			pthread_mutex_lock(&se->lock);
 			w->running = false;
@@ -1909,7 +1887,7 @@ int fe_session_serve(struct fe_session *se, int fd)
 		if (se->stop) {
 			struct timespec ts;
 
-			for (i = 0; i < se->nthreads; i++)
+			for (i = 0; i < se->nworkers; i++)
 				if (se->workers[i].running)
 					pthread_kill(se->workers[i].thread,
 						     FE_WAKE_SIGNAL);
@@ -1930,15 +1908,17 @@ int fe_session_serve(struct fe_session *se, int fd)
 	se->destroyed = true;
 	pthread_mutex_unlock(&se->lock);
 
-	for (i = 0; i < se->nthreads; i++) {
+	for (i = 0; i < se->nworkers; i++) {
 		struct fe_worker *w = &se->workers[i];
 
 		if (w->started)
 			pthread_join(w->thread, NULL);
 		if (w->own_fd)
 			close(w->fd);
-		free(w->buf);
+		if (!w->ring)
+			free(w->buf);
 	}
+	fe_ring_teardown(se);
 	sigaction(FE_WAKE_SIGNAL, &old_sa, NULL);
 
 	/* The channel ended without DESTROY (peer closed, unmount without
@@ -1948,6 +1928,7 @@ int fe_session_serve(struct fe_session *se, int fd)
 out:
 	free(se->workers);
 	se->workers = NULL;
+	se->nworkers = 0;
 	se->fd = -1;
 	return ret;
 }

@@ -175,6 +175,9 @@ struct fe_config {
 	unsigned int nthreads;	/* worker threads; 0 means 1 */
 	bool debug;		/* trace every request and reply to stderr */
 	size_t max_write;	/* 0 means 1 MiB */
+	/* Serve over io_uring when the kernel offers it (FUSE_OVER_IO_URING);
+	 * /dev/fuse otherwise. */
+	bool io_uring;
 };
 
 struct fe_session *fe_session_new(const struct fe_ops *ops, void *fs,
@@ -188,7 +191,9 @@ void fe_session_free(struct fe_session *se);
  * fe_session_stop() was called.  The engine uses SIGUSR1 to wake its
  * workers while serving.  Each extra worker thread reads its own
  * clone of the channel (FUSE_DEV_IOC_CLONE) where the channel supports it,
- * and shares `fd` otherwise.  Returns 0 or a negative errno.
+ * and shares `fd` otherwise.  With fe_config.io_uring, ring workers (one
+ * or more per possible CPU) take over the ordinary requests once INIT has
+ * agreed FUSE_OVER_IO_URING.  Returns 0 or a negative errno.
  */
 int fe_session_serve(struct fe_session *se, int fd);
 
