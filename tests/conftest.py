@@ -7,6 +7,10 @@
   ext_images      f4util.ImageCache: ext_images.get("ext4") builds once per session
   mountpoint      a fresh, world-traversable empty directory; checked at teardown
 
+FUSE4FS_TRANSPORT=uring|classic makes every fuse4fs mount take its requests
+over io_uring (the session turns the fuse module's enable_uring on) or over
+/dev/fuse reads; unset, fuse4fs picks (io_uring when the kernel offers it).
+
 At the end of the session any mount left on a directory this process made
 (f4util.make_public_dir, used for every mountpoint) is removed and reported
 as an error, and loop devices backed by files in f4_workdir are detached.
@@ -102,6 +106,20 @@ def _cleanup_under(workdir):
                     f4util.umount(e["mnt"])
             subprocess.run(["losetup", "-d", parts[0]], capture_output=True)
     return left
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _transport():
+    """FUSE4FS_TRANSPORT=uring: the kernel must offer FUSE over io_uring for
+    the whole session (and gets its setting back afterwards)."""
+    if f4util.transport() != "uring" or os.geteuid() != 0:
+        yield
+        return
+    if f4util.uring_param() is None:
+        pytest.exit("FUSE4FS_TRANSPORT=uring, but this kernel has no %s"
+                    % f4util.URING_PARAM, returncode=1)
+    with f4util.uring_enabled(True):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -814,6 +814,51 @@ class ServerHandle:
         return self.mnt
 
 
+URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
+
+
+def transport():
+    """The request transport the suite asks of every fuse4fs mount (env
+    FUSE4FS_TRANSPORT): "uring", "classic" (/dev/fuse), or "" for fuse4fs's
+    own default."""
+    return os.environ.get("FUSE4FS_TRANSPORT", "")
+
+
+def transport_opts(opts):
+    """The -o option that selects the suite's transport, unless opts already
+    choose one."""
+    if any(o.startswith("uring=") for o in opts):
+        return []
+    return {"uring": ["uring=on"], "classic": ["uring=off"]}.get(transport(), [])
+
+
+def uring_param():
+    """The fuse module's enable_uring as a bool, or None without one."""
+    try:
+        with open(URING_PARAM) as f:
+            return f.read().strip() in ("Y", "y", "1")
+    except OSError:
+        return None
+
+
+def set_uring_param(on):
+    with open(URING_PARAM, "w") as f:
+        f.write("Y" if on else "N")
+
+
+@contextlib.contextmanager
+def uring_enabled(on=True):
+    """Set the fuse module's enable_uring for the body; restore it after."""
+    old = uring_param()
+    if old is None:
+        raise RuntimeError("this kernel has no %s" % URING_PARAM)
+    set_uring_param(on)
+    try:
+        yield
+    finally:
+        set_uring_param(old)
+
+
 def fuse4fs_binary():
     b = os.environ.get("FUSE4FS")
     if not b:
@@ -859,6 +904,7 @@ def fuse4fs_mount(image, opts=None, *, ro=True, binary=None, mnt=None,
     logdir = tempfile.mkdtemp(prefix="f4log-")
     stderr_path = os.path.join(logdir, "stderr")
     o = (["ro"] if ro else []) + list(opts or [])
+    o += transport_opts(o)
     cmd = [binary, "-f"] + list(extra_args) + [image, mnt] + (["-o", ",".join(o)] if o else [])
     full_env = dict(os.environ)
     full_env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
