@@ -257,10 +257,9 @@ int main(int argc, char **argv)
 	}
 	fuse_session_destroy(fuse);
 	fuse = NULL;
-	if (f4_check_uring(&f4.opts)) {
-		exitcode = F4_EXIT_USAGE;
+	/* Like iomap=on, a missing kernel feature is a mount failure. */
+	if (f4_check_uring(&f4.opts))
 		goto out;
-	}
 
 	if (f4_open_fs(&f4))
 		goto out;
