@@ -359,12 +359,46 @@ static void fe_ring_pin(struct fe_ring *r)
 	(void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
+/*
+ * A queue that never gets an entry would hold every request back for good:
+ * the kernel waits for all queues before it uses any.  A REGISTER the
+ * kernel refuses (a queue id past the last) makes it give up the rings and
+ * serve everything over /dev/fuse instead, so a worker that cannot
+ * register sends that, from a ring of its own.
+ */
+static void fe_ring_abandon(struct fe_worker *w, int err)
+{
+	struct fe_session *se = w->se;
+	struct fe_ring *r = w->ring, spare;
+	struct io_uring_cqe *cqe;
+	int ret;
+
+	fe_log("io_uring queue %u cannot register (%s): serving over "
+	       "/dev/fuse instead", r->qid, strerror(-err));
+	memset(&spare, 0, sizeof(spare));
+	spare.qid = UINT16_MAX;
+	spare.iov[0] = r->iov[0];
+	spare.iov[1] = r->iov[1];
+	ret = io_uring_queue_init(2, &spare.uring, IORING_SETUP_SQE128);
+	if (ret < 0)
+		goto out;
+	fe_ring_prep(&spare, se->fd, FUSE_IO_URING_CMD_REGISTER);
+	ret = io_uring_submit_and_wait(&spare.uring, 1);
+	if (ret >= 0 && io_uring_peek_cqe(&spare.uring, &cqe) == 0)
+		ret = cqe->res;
+	io_uring_queue_exit(&spare.uring);
+out:
+	if (ret >= 0)
+		fe_log("io_uring: the kernel kept the rings; requests may stall");
+}
+
 void *fe_ring_main(void *arg)
 {
 	struct fe_worker *w = arg;
 	struct fe_session *se = w->se;
 	struct fe_ring *r = w->ring;
 	sigset_t waitmask;
+	bool registered;
 	int state;
 
 	w->tid = fe_gettid();
@@ -383,6 +417,7 @@ void *fe_ring_main(void *arg)
 	fe_worker_nofs(w);
 	fe_ring_pin(r);
 	fe_ring_prep(r, se->fd, FUSE_IO_URING_CMD_REGISTER);
+	registered = false;
 	for (;;) {
 		struct io_uring_cqe *cqe = NULL;
 		int ret, res;
@@ -397,9 +432,14 @@ void *fe_ring_main(void *arg)
 			continue;
 		}
 		if (ret < 0) {
-			fe_log("io_uring queue %u: %s", r->qid, strerror(-ret));
+			if (!registered)
+				fe_ring_abandon(w, ret);
+			else
+				fe_log("io_uring queue %u: %s", r->qid,
+				       strerror(-ret));
 			break;
 		}
+		registered = true;
 		res = cqe->res;
 		io_uring_cqe_seen(&r->uring, cqe);
 		if (res == 0) {
