@@ -57,6 +57,12 @@ struct f4fs {
 	pthread_mutex_t lock;
 	ext2_filsys fs;
 	int devfd;		/* data I/O on the device, at opts.offset */
+	/*
+	 * The loop device fuse4fs attached over the image for a classic
+	 * fuseblk mount, or "": then devfd and libext2fs both use it instead
+	 * of the image file, so that metadata and data share its page cache.
+	 */
+	char io_loop[64];
 	unsigned int blocksize;
 	unsigned int blockbits;
 	bool ro;
@@ -139,6 +145,7 @@ void f4_usage(FILE *out);
 void f4_free_options(struct f4_options *opts);
 
 /* super.c: opening, checking and describing the filesystem. */
+int f4_open_dev(struct f4fs *f4);
 int f4_open_fs(struct f4fs *f4);
 int f4_mark_mounted(struct f4fs *f4);
 void f4_close_fs(struct f4fs *f4);

@@ -110,9 +110,31 @@ static bool f4_is_dev_fd(const char *path)
 }
 
 /*
+ * Move fuse4fs's own I/O from the image file to the loop device just
+ * attached over it, before the filesystem is opened (f4_open_fs() opens
+ * io_loop too): metadata and file data must share one page cache.
+ * Buffered writes to the image file all take its inode lock, so
+ * concurrent writers queue behind each other; writes to a block device's
+ * page cache do not, and loop passes them on to the image.
+ */
+static void f4_io_on_loop(struct f4fs *f4, const char *loopname, int *loopfd)
+{
+	close(f4->devfd);
+	f4->devfd = *loopfd;
+	*loopfd = -1;
+	snprintf(f4->io_loop, sizeof(f4->io_loop), "%s", loopname);
+}
+
+/*
  * Pick the block device a synchronous-unmount (fuseblk) mount stands on:
  * the device itself, or a loop device over the image.  Returns NULL when
- * the mount is a plain fuse mount instead.
+ * the mount is a plain fuse mount instead.  Runs before the filesystem is
+ * opened, because a loop device attached here also carries all I/O,
+ * except in iomap mode, where the kernel sends its bios to a loop device
+ * below that device's page cache, so buffered I/O through it would not
+ * be coherent with them; and except with offset=, which keeps the image
+ * file (a loop device ends at a whole 512-byte sector, which need not be
+ * where a filesystem at an unaligned offset ends).
  */
 static const char *f4_pick_blkdev(struct f4fs *f4, char *loopname,
 				  size_t len, int *loopfd)
@@ -136,6 +158,8 @@ static const char *f4_pick_blkdev(struct f4fs *f4, char *loopname,
 		       strerror(ret));
 		return NULL;
 	}
+	if (!f4->iomap_wanted && !f4->opts.offset)
+		f4_io_on_loop(f4, loopname, loopfd);
 	return loopname;
 }
 
@@ -261,18 +285,22 @@ int main(int argc, char **argv)
 	if (f4_check_uring(&f4.opts))
 		goto out;
 
-	if (f4_open_fs(&f4))
+	if (f4_open_dev(&f4))
 		goto out;
 	if (f4_probe_iomap(&f4))
 		goto out;
-
 	blkdev = f4_pick_blkdev(&f4, loopname, sizeof(loopname), &loopfd);
+	if (f4_open_fs(&f4))
+		goto out;
+
 	fuse = f4_fuse_session(&f4.opts, argv[0], blkdev);
 	if (!fuse)
 		goto out;
+	/* fuse4fs's own opens of the loop device (devfd, libext2fs) are
+	 * not exclusive, so the kernel can still claim it for the mount. */
 	ret = fuse_session_mount(fuse, f4.opts.mountpoint);
 	/* The kernel holds a fuseblk source open from here on; the loop
-	 * device goes away by itself once it lets go. */
+	 * device goes away by itself once it and fuse4fs let go. */
 	if (loopfd >= 0)
 		close(loopfd);
 	loopfd = -1;

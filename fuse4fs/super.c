@@ -159,14 +159,16 @@ int f4_mark_mounted(struct f4fs *f4)
 	return 0;
 }
 
-int f4_open_fs(struct f4fs *f4)
+/*
+ * Open the device or image for data I/O (devfd), falling back to
+ * read-only as the kernel does for write-protected devices.  The
+ * filesystem itself is opened later by f4_open_fs(), once main() has
+ * decided which device all I/O goes through.
+ */
+int f4_open_dev(struct f4fs *f4)
 {
-	struct ext2_inode_large root;
 	const char *dev = f4->opts.device;
-	char io_options[64] = "";
 	struct stat st;
-	errcode_t err;
-	int flags = EXT2_FLAG_64BITS;
 	int ret;
 
 	f4->ro = f4->opts.ro;
@@ -194,20 +196,41 @@ int f4_open_fs(struct f4fs *f4)
 		ret = EINVAL;
 		goto out_close;
 	}
+	return 0;
+
+out_close:
+	close(f4->devfd);
+	f4->devfd = -1;
+	return ret;
+}
+
+/*
+ * Open the filesystem with libext2fs on the same device as devfd: the
+ * image's loop device when main() switched devfd to it (io_loop), so
+ * that metadata and file data share one page cache.  Messages name the
+ * device the user gave.  On failure devfd stays open for f4_close_fs().
+ */
+int f4_open_fs(struct f4fs *f4)
+{
+	struct ext2_inode_large root;
+	const char *dev = f4->opts.device;
+	char io_options[64] = "";
+	errcode_t err;
+	int flags = EXT2_FLAG_64BITS;
+	int ret;
 
 	if (f4->opts.offset)
 		snprintf(io_options, sizeof(io_options), "offset=%llu",
 			 (unsigned long long)f4->opts.offset);
 	if (!f4->ro)
 		flags |= EXT2_FLAG_RW;
-	err = ext2fs_open2(dev, io_options, flags, 0, 0, unix_io_manager,
-			   &f4->fs);
+	err = ext2fs_open2(f4->io_loop[0] ? f4->io_loop : dev, io_options,
+			   flags, 0, 0, unix_io_manager, &f4->fs);
 	if (err) {
 		f4_log("cannot open the filesystem on %s: %s", dev,
 		       error_message(err));
-		ret = f4_errno(err);
 		f4->fs = NULL;
-		goto out_close;
+		return f4_errno(err);
 	}
 	f4->blocksize = f4->fs->blocksize;
 	f4->blockbits = 10 + f4->fs->super->s_log_block_size;
@@ -270,9 +293,6 @@ int f4_open_fs(struct f4fs *f4)
 
 out_fs:
 	ext2fs_close_free(&f4->fs);
-out_close:
-	close(f4->devfd);
-	f4->devfd = -1;
 	return ret;
 }
 
