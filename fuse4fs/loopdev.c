@@ -2,10 +2,14 @@
  * Loop devices for image files.
  *
  * A fuseblk mount needs a block device as its source, and only a fuseblk
- * mount makes the kernel wait for DESTROY before umount(2) returns.  An
- * image file gets an autoclearing loop device for that purpose alone: all
- * I/O still goes to the image file, and the device disappears when the
- * kernel releases it at unmount.
+ * mount makes the kernel wait for DESTROY before umount(2) returns, so an
+ * image file gets an autoclearing loop device.  In classic mode fuse4fs
+ * then does all its I/O (libext2fs and file data) through that device,
+ * whose page cache takes concurrent writes that the image file's inode
+ * lock would serialise; in iomap mode the kernel sends its bios to the
+ * device (iomap.c) while fuse4fs keeps to the image file.  The device
+ * disappears once the last of the kernel's mount and fuse4fs's own
+ * descriptors lets go of it.
  */
 #include "config.h"
 
