@@ -1233,10 +1233,24 @@ def stat_record(path, *, times=True):
     return rec, st
 
 
-def statvfs_record(mnt):
+def statvfs_record(mnt, settle=1.0):
+    """statvfs of mnt, once it has stopped changing (for up to settle
+    seconds).  Over FUSE, an unlinked file's blocks and inode are freed
+    when the kernel's FORGET arrives, which travels on /dev/fuse and may
+    trail a STATFS taking the io_uring queue; ext4 frees them at once."""
+    keys = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+            "f_ffree", "f_namemax")
+    rec = lambda: {k: getattr(v, k) for k in keys}
     v = os.statvfs(mnt)
-    return {k: getattr(v, k) for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree",
-                                       "f_bavail", "f_files", "f_ffree", "f_namemax")}
+    cur = rec()
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        v = os.statvfs(mnt)
+        if rec() == cur:
+            break
+        cur = rec()
+    return cur
 
 
 def snapshot(mnt, *, contents=True, xattrs=True, skip=()):
