@@ -262,40 +262,31 @@ static int f4_alloc_indirect(struct f4fs *f4, ext2_ino_t ino,
 #define F4_EXT_UNINIT_MAX	32767u
 
 /*
- * Merge the extent holding lblk into its left neighbour when they are
- * contiguous on disk and in the file, so that a file written in pieces
- * keeps one extent per contiguous run (libext2fs allocates each piece as
- * an extent of its own).
+ * Merge the extent holding lblk into its left neighbour in the same leaf
+ * when they continue each other in the file and on disk and are both
+ * written or both unwritten.  Nothing to merge is no error.
  */
-static int f4_map_merge_left(struct f4fs *f4, ext2_ino_t ino,
-			     struct ext2_inode_large *inode, uint64_t lblk)
+static errcode_t f4_extent_merge_left(ext2_extent_handle_t handle,
+				      uint64_t lblk)
 {
-	ext2_extent_handle_t handle = NULL;
 	struct ext2fs_extent cur, prev;
 	unsigned int max;
 	errcode_t err;
 
-	err = ext2fs_extent_open2(f4->fs, ino, (struct ext2_inode *)inode,
-				  &handle);
-	if (err)
-		return f4_errno(err);
 	err = ext2fs_extent_goto2(handle, 0, lblk);
 	if (!err)
 		err = ext2fs_extent_get(handle, EXT2_EXTENT_CURRENT, &cur);
 	if (!err)
 		err = ext2fs_extent_get(handle, EXT2_EXTENT_PREV_SIB, &prev);
-	if (err) {
-		/* Nothing to merge with in this leaf. */
-		err = 0;
-		goto out;
-	}
+	if (err)
+		return 0;	/* a hole, or first in its leaf */
 	max = (cur.e_flags & EXT2_EXTENT_FLAGS_UNINIT) ? F4_EXT_UNINIT_MAX :
 		F4_EXT_INIT_MAX;
 	if (prev.e_lblk + (uint64_t)prev.e_len != cur.e_lblk ||
 	    prev.e_pblk + prev.e_len != cur.e_pblk ||
 	    ((prev.e_flags ^ cur.e_flags) & EXT2_EXTENT_FLAGS_UNINIT) ||
 	    (uint64_t)prev.e_len + cur.e_len > max)
-		goto out;
+		return 0;
 	prev.e_len += cur.e_len;
 	err = ext2fs_extent_replace(handle, 0, &prev);
 	if (!err)
@@ -304,9 +295,30 @@ static int f4_map_merge_left(struct f4fs *f4, ext2_ino_t ino,
 		err = ext2fs_extent_delete(handle, 0);
 	if (!err)
 		err = ext2fs_extent_fix_parents(handle);
-out:
-	ext2fs_extent_free(handle);
-	return f4_errno(err);
+	return err;
+}
+
+/*
+ * Merge the extent holding lblk with both neighbours where they continue
+ * it, as ext4 does after every allocation and conversion, so that a file
+ * allocated or converted in pieces (libext2fs makes each piece an extent
+ * of its own) keeps one extent per contiguous run and its tree stays in
+ * the inode.
+ */
+static errcode_t f4_extent_merge(ext2_extent_handle_t handle, uint64_t lblk)
+{
+	struct ext2fs_extent cur;
+	errcode_t err;
+
+	err = f4_extent_merge_left(handle, lblk);
+	if (err)
+		return err;
+	err = ext2fs_extent_goto2(handle, 0, lblk);
+	if (!err)
+		err = ext2fs_extent_get(handle, EXT2_EXTENT_CURRENT, &cur);
+	if (err)
+		return 0;
+	return f4_extent_merge_left(handle, cur.e_lblk + (uint64_t)cur.e_len);
 }
 
 /*
@@ -369,7 +381,12 @@ static int f4_alloc_extent(struct f4fs *f4, ext2_ino_t ino,
 	map->len = plen;
 	map->pblk = pblk;
 	map->type = uninit ? F4_MAP_UNWRITTEN : F4_MAP_MAPPED;
-	return f4_map_merge_left(f4, ino, inode, lblk);
+	err = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)inode, &handle);
+	if (err)
+		return f4_errno(err);
+	err = f4_extent_merge(handle, lblk);
+	ext2fs_extent_free(handle);
+	return f4_errno(err);
 undo:
 	if (handle)
 		ext2fs_extent_free(handle);
@@ -493,6 +510,10 @@ int f4_map_convert(struct f4fs *f4, ext2_ino_t ino,
 				err = ext2fs_extent_insert(handle,
 					EXT2_EXTENT_INSERT_AFTER, &right);
 		}
+		/* Written pieces join the written run before them (and the
+		 * last one the run after), as ext4 merges after conversion. */
+		if (!err)
+			err = f4_extent_merge(handle, s);
 		if (err)
 			goto out;
 		cur = t;
