@@ -79,6 +79,8 @@ struct f4fs {
 	 */
 	pthread_rwlock_t flush_barrier;
 	struct f4_itable *itable;
+	/* Inodes holding a soft reservation window (mapping.c). */
+	struct f4_inode *resv_list;
 	/* iomap: the kernel moves file data itself (iomap.c) */
 	bool iomap_wanted;	/* probed and prepared before mounting */
 	bool iomap;		/* agreed in INIT */
@@ -119,6 +121,14 @@ struct f4_inode {
 	uint32_t writer_uid;
 	uint32_t writer_gid;
 	pthread_rwlock_t iolock; /* data I/O shared; size/extent changes exclusive */
+	/* Soft reservation (mapping.c): device blocks [resv_start,
+	 * resv_end) that this inode's next allocation continues into and
+	 * others' allocations avoid.  Memory only; on f4fs.resv_list while
+	 * resv_pprev is set. */
+	uint64_t resv_start;
+	uint64_t resv_end;
+	struct f4_inode *resv_next;
+	struct f4_inode **resv_pprev;
 	struct f4_inode *next;
 };
 
@@ -313,6 +323,7 @@ uint64_t f4_max_file_size(struct f4fs *f4,
 uint64_t f4_extent_reserve(struct f4fs *f4);
 int f4_check_space(struct f4fs *f4, uint64_t nblocks, bool root);
 bool f4_req_privileged(struct f4fs *f4, const struct fe_req *req);
+void f4_resv_drop(struct f4_inode *ip);
 
 /* file.c */
 void f4_open(struct fe_req *req, uint64_t nodeid,

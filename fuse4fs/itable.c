@@ -50,6 +50,7 @@ void f4_itable_free(struct f4fs *f4)
 	}
 	free(f4->itable);
 	f4->itable = NULL;
+	f4->resv_list = NULL;
 }
 
 struct f4_inode *f4_itable_find(struct f4fs *f4, ext2_ino_t ino)
@@ -119,6 +120,7 @@ static void f4_itable_release(struct f4fs *f4, struct f4_inode *ip)
 
 	if (ip->opens || ip->nlookup)
 		return;
+	f4_resv_drop(ip);
 	if (ip->orphan) {
 		ret = f4_read_inode(f4, ino, &inode);
 		if (ret == 0 && inode.i_links_count == 0) {
@@ -146,6 +148,10 @@ void f4_itable_put(struct f4fs *f4, struct f4_inode *ip)
 {
 	if (ip->opens > 0)
 		ip->opens--;
+	/* With the last open handle gone no more writes come: the window
+	 * would only keep others away from free blocks. */
+	if (ip->opens == 0)
+		f4_resv_drop(ip);
 	f4_itable_release(f4, ip);
 }
 

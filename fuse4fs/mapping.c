@@ -322,19 +322,199 @@ static errcode_t f4_extent_merge(ext2_extent_handle_t handle, uint64_t lblk)
 }
 
 /*
+ * Soft reservations.  Writers that grow files at the same time would
+ * otherwise take turns in the same free run, each write landing just past
+ * the other files' last ones, and every file would end up in as many
+ * extents as it had writes.  So each inode open for writing keeps a window
+ * of device blocks just past its last allocation: its next allocation
+ * continues into it, and other inodes' allocations steer around it.  The
+ * window grows with the file, as ext4's mballoc sizes its per-inode
+ * preallocations by file size, up to the longest extent.
+ *
+ * Nothing but real allocations ever reaches the bitmaps: a window is a
+ * hint in memory, gone when the inode's last open handle is released, and
+ * ignored altogether when avoiding the windows finds no free blocks, so it
+ * never causes ENOSPC and never shows in st_blocks or to e2fsck.
+ *
+ * ext4's other trick, a per-process "colour" for the first goal of an
+ * empty file, is not used: the windows already keep concurrent writers
+ * apart, and ext4 itself drops the colour with delayed allocation, so that
+ * files written one after the other are packed from the group's start.
+ */
+#define F4_RESV_MIN		16u	/* blocks */
+#define F4_RESV_PER_BLOCK	4u	/* window per block of file so far */
+#define F4_RESV_MAX		F4_EXT_INIT_MAX
+/* Bound on steering around windows before they are ignored. */
+#define F4_RESV_TRIES		64
+
+void f4_resv_drop(struct f4_inode *ip)
+{
+	if (!ip->resv_pprev)
+		return;
+	*ip->resv_pprev = ip->resv_next;
+	if (ip->resv_next)
+		ip->resv_next->resv_pprev = ip->resv_pprev;
+	ip->resv_next = NULL;
+	ip->resv_pprev = NULL;
+	ip->resv_start = ip->resv_end = 0;
+}
+
+/* The window of another inode than ip that overlaps [start, end) and
+ * starts first, or NULL. */
+static struct f4_inode *f4_resv_foreign(struct f4fs *f4,
+					const struct f4_inode *ip,
+					uint64_t start, uint64_t end)
+{
+	struct f4_inode *r, *first = NULL;
+
+	for (r = f4->resv_list; r; r = r->resv_next) {
+		if (r == ip || r->resv_end <= start || r->resv_start >= end)
+			continue;
+		if (!first || r->resv_start < first->resv_start)
+			first = r;
+	}
+	return first;
+}
+
+/*
+ * Give ip the window after its allocation ending at device block start,
+ * for a file that now reaches fileblocks into the file.  The window stops
+ * where another inode's begins, so that no two inodes claim the same run.
+ */
+static void f4_resv_set(struct f4fs *f4, struct f4_inode *ip, uint64_t start,
+			uint64_t fileblocks)
+{
+	uint64_t nblocks = ext2fs_blocks_count(f4->fs->super);
+	uint64_t want = fileblocks * F4_RESV_PER_BLOCK, end;
+	struct f4_inode *r;
+
+	if (want < F4_RESV_MIN)
+		want = F4_RESV_MIN;
+	if (want > F4_RESV_MAX)
+		want = F4_RESV_MAX;
+	end = start < nblocks && want < nblocks - start ? start + want : nblocks;
+	r = f4_resv_foreign(f4, ip, start, end);
+	if (r)
+		end = r->resv_start;
+	if (end <= start) {
+		f4_resv_drop(ip);
+		return;
+	}
+	ip->resv_start = start;
+	ip->resv_end = end;
+	if (ip->resv_pprev)
+		return;
+	ip->resv_next = f4->resv_list;
+	if (ip->resv_next)
+		ip->resv_next->resv_pprev = &ip->resv_next;
+	ip->resv_pprev = &f4->resv_list;
+	f4->resv_list = ip;
+}
+
+/*
+ * Find the first free run at or after goal, up to len blocks long (exactly
+ * len if whole), that no other inode's window covers; ip (may be NULL) is
+ * the inode it is for.  The run is not yet claimed.
+ */
+static errcode_t f4_find_free(struct f4fs *f4, const struct f4_inode *ip,
+			      blk64_t goal, uint64_t len, bool whole,
+			      blk64_t *pblk, blk64_t *plen)
+{
+	ext2_filsys fs = f4->fs;
+	int flags = whole ? EXT2_NEWRANGE_MIN_LENGTH : 0;
+	blk64_t at = goal;
+	errcode_t err;
+	int tries;
+
+	for (tries = 0; f4->resv_list && tries < F4_RESV_TRIES; tries++) {
+		struct f4_inode *r;
+
+		err = ext2fs_new_range(fs, flags, at, len, NULL, pblk, plen);
+		if (err)
+			return err;
+		r = f4_resv_foreign(f4, ip, *pblk, *pblk + *plen);
+		if (!r)
+			return 0;
+		if (r->resv_start > *pblk && !whole) {
+			/* Free up to where the window begins. */
+			*plen = r->resv_start - *pblk;
+			return 0;
+		}
+		at = r->resv_end < ext2fs_blocks_count(fs->super) ?
+			r->resv_end : fs->super->s_first_data_block;
+	}
+	/* No windows, or nothing free outside them. */
+	return ext2fs_new_range(fs, flags, goal, len, NULL, pblk, plen);
+}
+
+/*
+ * Find blocks for a request of len at goal.  A short run that does not
+ * continue the file at the goal would become an extent that cannot grow,
+ * so a run further on that holds the whole request is preferred, as
+ * mballoc prefers; when there is none, the short run does.
+ */
+static errcode_t f4_find_blocks(struct f4fs *f4, const struct f4_inode *ip,
+				blk64_t goal, uint64_t len, blk64_t *pblk,
+				blk64_t *plen)
+{
+	blk64_t wpblk, wplen;
+	errcode_t err;
+
+	err = f4_find_free(f4, ip, goal, len, false, pblk, plen);
+	if (err || *plen >= len || *pblk == goal)
+		return err;
+	if (f4_find_free(f4, ip, goal, len, true, &wpblk, &wplen) == 0) {
+		*pblk = wpblk;
+		*plen = wplen;
+	}
+	return 0;
+}
+
+/*
+ * Where blocks for the hole at lblk should go: on from the extent before
+ * it, or leading into the extent after it, as ext4 chooses (near is the
+ * extent the lookup of lblk stopped at, or NULL).  A file without blocks
+ * starts at its window if it has one, else at its group.
+ * ext2fs_find_inode_goal() alone would give the group's first block for
+ * every append, since it only looks at an extent that holds lblk.
+ */
+static blk64_t f4_alloc_goal(struct f4fs *f4, ext2_ino_t ino,
+			     struct ext2_inode_large *inode,
+			     const struct f4_inode *ip,
+			     const struct ext2fs_extent *near, uint64_t lblk)
+{
+	ext2_filsys fs = f4->fs;
+	uint64_t first = fs->super->s_first_data_block;
+	uint64_t goal = 0;
+
+	if (near && near->e_lblk <= lblk)
+		goal = near->e_pblk + (lblk - near->e_lblk);
+	else if (near && near->e_pblk >= first + (near->e_lblk - lblk))
+		goal = near->e_pblk - (near->e_lblk - lblk);
+	if (goal >= first && goal < ext2fs_blocks_count(fs->super))
+		return goal;
+	if (ip && ip->resv_pprev)
+		return ip->resv_start;
+	return ext2fs_find_inode_goal(fs, ino, (struct ext2_inode *)inode, lblk);
+}
+
+/*
  * Allocate up to len blocks for the hole at lblk of an extent-mapped file
- * as one new extent (unwritten if asked), near the file's other blocks.
- * libext2fs's ext2fs_fallocate() is not used: it also fills the gap up to
- * a neighbouring extent, handing out blocks nobody asked for with their
- * stale contents.  The caller has checked that [lblk, lblk+len) is a hole.
+ * as one new extent (unwritten if asked), and merge it with its
+ * neighbours.  libext2fs's ext2fs_fallocate() is not used: it also fills
+ * the gap up to a neighbouring extent, handing out blocks nobody asked for
+ * with their stale contents.  The caller has checked that
+ * [lblk, lblk+len) is a hole.
  */
 static int f4_alloc_extent(struct f4fs *f4, ext2_ino_t ino,
 			   struct ext2_inode_large *inode, uint64_t lblk,
 			   uint64_t len, bool uninit, struct f4_map *map)
 {
 	ext2_filsys fs = f4->fs;
+	struct f4_inode *ip = f4_itable_find(f4, ino);
 	ext2_extent_handle_t handle = NULL;
 	struct ext2fs_extent cur, ext;
+	bool have_cur, inserted = false;
 	blk64_t goal, pblk = 0, plen = 0;
 	uint64_t max = uninit ? F4_EXT_UNINIT_MAX : F4_EXT_INIT_MAX;
 	errcode_t err;
@@ -342,27 +522,26 @@ static int f4_alloc_extent(struct f4fs *f4, ext2_ino_t ino,
 
 	if (len > max)
 		len = max;
-	goal = ext2fs_find_inode_goal(fs, ino, (struct ext2_inode *)inode,
-				      lblk);
-	err = ext2fs_new_range(fs, 0, goal, len, NULL, &pblk, &plen);
-	if (err)
-		return f4_errno(err);
-	ext2fs_block_alloc_stats_range(fs, pblk, (blk_t)plen, +1);
-
 	err = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)inode, &handle);
 	if (err)
-		goto undo;
+		goto out;
 	/* Insert after the extent before lblk, or first in the tree. */
 	err = ext2fs_extent_goto2(handle, 0, lblk);
 	if (err == 0) {
 		err = EXT2_ET_EXTENT_HEADER_BAD;	/* lblk was no hole */
-		goto undo;
+		goto out;
 	}
 	if (err != EXT2_ET_EXTENT_NOT_FOUND)
-		goto undo;
-	err = ext2fs_extent_get(handle, EXT2_EXTENT_CURRENT, &cur);
-	if (err == 0 && cur.e_lblk < lblk)
+		goto out;
+	have_cur = ext2fs_extent_get(handle, EXT2_EXTENT_CURRENT, &cur) == 0;
+	if (have_cur && cur.e_lblk < lblk)
 		flags = EXT2_EXTENT_INSERT_AFTER;
+	goal = f4_alloc_goal(f4, ino, inode, ip, have_cur ? &cur : NULL, lblk);
+	err = f4_find_blocks(f4, ip, goal, len, &pblk, &plen);
+	if (err)
+		goto out;
+	ext2fs_block_alloc_stats_range(fs, pblk, (blk_t)plen, +1);
+
 	memset(&ext, 0, sizeof(ext));
 	ext.e_lblk = (blk64_t)lblk;
 	ext.e_pblk = pblk;
@@ -372,25 +551,27 @@ static int f4_alloc_extent(struct f4fs *f4, ext2_ino_t ino,
 	if (!err)
 		err = ext2fs_extent_fix_parents(handle);
 	if (err)
-		goto undo;
-	ext2fs_extent_free(handle);
+		goto out;
+	inserted = true;
 	err = ext2fs_iblk_add_blocks(fs, (struct ext2_inode *)inode, plen);
+	if (!err)
+		err = f4_extent_merge(handle, lblk);
 	if (err)
-		return f4_errno(err);
+		goto out;
+	/* Only files being written keep a window: one that is merely
+	 * looked up (truncated by setattr) would never release it. */
+	if (ip && ip->opens)
+		f4_resv_set(f4, ip, pblk + plen, lblk + plen);
 	map->lblk = lblk;
 	map->len = plen;
 	map->pblk = pblk;
 	map->type = uninit ? F4_MAP_UNWRITTEN : F4_MAP_MAPPED;
-	err = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)inode, &handle);
-	if (err)
-		return f4_errno(err);
-	err = f4_extent_merge(handle, lblk);
-	ext2fs_extent_free(handle);
-	return f4_errno(err);
-undo:
+out:
 	if (handle)
 		ext2fs_extent_free(handle);
-	ext2fs_block_alloc_stats_range(fs, pblk, (blk_t)plen, -1);
+	/* Blocks the tree does not point at go back. */
+	if (err && plen && !inserted)
+		ext2fs_block_alloc_stats_range(fs, pblk, (blk_t)plen, -1);
 	return f4_errno(err);
 }
 
