@@ -81,6 +81,10 @@ struct f4fs {
 	struct f4_itable *itable;
 	/* Inodes holding a soft reservation window (mapping.c). */
 	struct f4_inode *resv_list;
+	/* No free run of nofit_len blocks while at most nofit_free blocks
+	 * are free (mapping.c; 0 and 0: nothing known). */
+	uint64_t nofit_len;
+	uint64_t nofit_free;
 	/* iomap: the kernel moves file data itself (iomap.c) */
 	bool iomap_wanted;	/* probed and prepared before mounting */
 	bool iomap;		/* agreed in INIT */

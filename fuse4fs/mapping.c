@@ -452,20 +452,31 @@ static errcode_t f4_find_free(struct f4fs *f4, const struct f4_inode *ip,
  * continue the file at the goal would become an extent that cannot grow,
  * so a run further on that holds the whole request is preferred, as
  * mballoc prefers; when there is none, the short run does.
+ *
+ * Looking for a whole run walks every free run on the disk when there is
+ * none, and a large fallocate on fragmented space asks again for each
+ * piece, so a miss is remembered until blocks are freed (the free count
+ * grows): no run of nofit_len blocks or more exists until then.
  */
 static errcode_t f4_find_blocks(struct f4fs *f4, const struct f4_inode *ip,
 				blk64_t goal, uint64_t len, blk64_t *pblk,
 				blk64_t *plen)
 {
+	uint64_t nfree = ext2fs_free_blocks_count(f4->fs->super);
 	blk64_t wpblk, wplen;
 	errcode_t err;
 
 	err = f4_find_free(f4, ip, goal, len, false, pblk, plen);
 	if (err || *plen >= len || *pblk == goal)
 		return err;
+	if (len >= f4->nofit_len && nfree <= f4->nofit_free)
+		return 0;
 	if (f4_find_free(f4, ip, goal, len, true, &wpblk, &wplen) == 0) {
 		*pblk = wpblk;
 		*plen = wplen;
+	} else {
+		f4->nofit_len = len;
+		f4->nofit_free = nfree;
 	}
 	return 0;
 }
@@ -548,12 +559,13 @@ static int f4_alloc_extent(struct f4fs *f4, ext2_ino_t ino,
 	ext.e_len = (uint32_t)plen;
 	ext.e_flags = uninit ? EXT2_EXTENT_FLAGS_UNINIT : 0;
 	err = ext2fs_extent_insert(handle, flags, &ext);
-	if (!err)
-		err = ext2fs_extent_fix_parents(handle);
 	if (err)
 		goto out;
+	/* From here on the tree points at the blocks: they stay. */
 	inserted = true;
 	err = ext2fs_iblk_add_blocks(fs, (struct ext2_inode *)inode, plen);
+	if (!err)
+		err = ext2fs_extent_fix_parents(handle);
 	if (!err)
 		err = f4_extent_merge(handle, lblk);
 	if (err)
