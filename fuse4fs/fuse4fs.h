@@ -57,6 +57,7 @@ struct f4fs {
 	pthread_mutex_t lock;
 	ext2_filsys fs;
 	int devfd;		/* data I/O on the device, at opts.offset */
+	int dio_fd;		/* io_loop opened O_DIRECT for large writes, or -1 */
 	/*
 	 * The loop device fuse4fs attached over the image for a classic
 	 * fuseblk mount, or "": then devfd and libext2fs both use it instead

@@ -123,6 +123,8 @@ static void f4_io_on_loop(struct f4fs *f4, const char *loopname, int *loopfd)
 	f4->devfd = *loopfd;
 	*loopfd = -1;
 	snprintf(f4->io_loop, sizeof(f4->io_loop), "%s", loopname);
+	/* Optional (see f4_dev_write()): without it all writes buffer. */
+	f4->dio_fd = open(loopname, O_RDWR | O_DIRECT | O_CLOEXEC);
 }
 
 /*
@@ -250,7 +252,7 @@ static void *f4_signal_thread(void *arg)
 
 int main(int argc, char **argv)
 {
-	struct f4fs f4 = { .devfd = -1, .iomap_fd = -1 };
+	struct f4fs f4 = { .devfd = -1, .dio_fd = -1, .iomap_fd = -1 };
 	struct fuse_session *fuse = NULL;
 	struct fe_config cfg = { 0 };
 	struct f4_sigwait sw;

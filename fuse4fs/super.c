@@ -389,6 +389,9 @@ void f4_close_fs(struct f4fs *f4)
 	if (f4->devfd >= 0)
 		close(f4->devfd);
 	f4->devfd = -1;
+	if (f4->dio_fd >= 0)
+		close(f4->dio_fd);
+	f4->dio_fd = -1;
 }
 
 /* Superblock, descriptor and reserved descriptor blocks of a group,

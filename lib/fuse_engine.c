@@ -1771,6 +1771,27 @@ void fe_worker_exit(struct fe_worker *w)
 	pthread_mutex_unlock(&se->lock);
 }
 
+/*
+ * A /dev/fuse worker's buffer is placed so that a WRITE's data, which
+ * follows the in_header and fuse_write_in, starts on a page: the
+ * filesystem may then hand it to O_DIRECT I/O without copying it.  The
+ * returned pointer lies FE_WRITE_DATA_OFF bytes into a page-aligned
+ * allocation (free it from there).
+ */
+#define FE_PAGE			4096
+#define FE_WRITE_DATA_OFF	(FE_PAGE - sizeof(struct fuse_in_header) - \
+				 sizeof(struct fuse_write_in))
+
+static char *fe_worker_buf(size_t bufsize)
+{
+	char *base;
+
+	if (posix_memalign((void **)&base, FE_PAGE,
+			   FE_WRITE_DATA_OFF + bufsize + FE_BUF_SLACK))
+		return NULL;
+	return base + FE_WRITE_DATA_OFF;
+}
+
 /* Give worker `w` its own clone of the channel where the channel allows. */
 static void fe_worker_open(struct fe_session *se, struct fe_worker *w, int fd)
 {
@@ -1843,7 +1864,7 @@ int fe_session_serve(struct fe_session *se, int fd)
 		w->se = se;
 		w->index = i;
 		w->fd = fd;
-		w->buf = malloc(se->bufsize + FE_BUF_SLACK);
+		w->buf = fe_worker_buf(se->bufsize);
 		if (!w->buf) {
 			ret = -ENOMEM;
 			break;
@@ -1915,8 +1936,8 @@ int fe_session_serve(struct fe_session *se, int fd)
 			pthread_join(w->thread, NULL);
 		if (w->own_fd)
 			close(w->fd);
-		if (!w->ring)
-			free(w->buf);
+		if (!w->ring && w->buf)
+			free(w->buf - FE_WRITE_DATA_OFF);
 	}
 	fe_ring_teardown(se);
 	sigaction(FE_WAKE_SIGNAL, &old_sa, NULL);
