@@ -578,12 +578,9 @@ int f4_free_inode(struct f4fs *f4, ext2_ino_t ino,
 	errcode_t err = 0;
 	int ret;
 
-	if (ext2fs_inode_has_valid_blocks2(fs, (struct ext2_inode *)inode)) {
-		err = ext2fs_punch(fs, ino, (struct ext2_inode *)inode, NULL, 0,
-				   ~0ULL);
-		if (err)
-			return f4_errno(err);
-	}
+	ret = f4_map_punch(f4, ino, inode, 0, ~0ULL);
+	if (ret)
+		return ret;
 	err = ext2fs_free_ext_attr(fs, ino, inode);
 	if (err)
 		return f4_errno(err);

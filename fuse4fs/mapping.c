@@ -194,14 +194,21 @@ uint64_t f4_extent_reserve(struct f4fs *f4)
 	return EXT2FS_C2B(f4->fs, resv);
 }
 
-int f4_check_space(struct f4fs *f4, uint64_t nblocks, bool root)
+/* Blocks this writer may still allocate. */
+static uint64_t f4_space_left(struct f4fs *f4, bool root)
 {
 	struct ext2_super_block *sb = f4->fs->super;
-	uint64_t resv = f4_extent_reserve(f4);
+	uint64_t resv = f4_extent_reserve(f4), nfree;
 
 	if (!root)
 		resv += ext2fs_r_blocks_count(sb);
-	return ext2fs_free_blocks_count(sb) >= resv + nblocks ? 0 : ENOSPC;
+	nfree = ext2fs_free_blocks_count(sb);
+	return nfree > resv ? nfree - resv : 0;
+}
+
+int f4_check_space(struct f4fs *f4, uint64_t nblocks, bool root)
+{
+	return f4_space_left(f4, root) >= nblocks ? 0 : ENOSPC;
 }
 
 /* Who may use the root-reserved blocks: root, or the configured user or
@@ -600,6 +607,7 @@ int f4_map_begin(struct f4fs *f4, ext2_ino_t ino,
 		 struct ext2_inode_large *inode, uint64_t lblk,
 		 uint64_t maxlen, unsigned int flags, struct f4_map *map)
 {
+	uint64_t avail;
 	int ret;
 
 	memset(map, 0, sizeof(*map));
@@ -608,9 +616,13 @@ int f4_map_begin(struct f4fs *f4, ext2_ino_t ino,
 	ret = f4_map_lookup(f4, ino, inode, lblk, maxlen, map);
 	if (ret || !(flags & F4_MAP_WRITE) || map->type != F4_MAP_HOLE)
 		return ret;
-	ret = f4_check_space(f4, map->len, flags & F4_MAP_ROOT);
-	if (ret)
-		return ret;
+	/* Near a full filesystem a write gets what is left, as on ext4: a
+	 * short write, and ENOSPC only when nothing is left at all. */
+	avail = f4_space_left(f4, flags & F4_MAP_ROOT);
+	if (avail == 0)
+		return ENOSPC;
+	if (map->len > avail)
+		map->len = avail;
 
 	if (!(inode->i_flags & EXT4_EXTENTS_FL)) {
 		ret = f4_alloc_indirect(f4, ino, inode, lblk, map->len, map);
@@ -720,6 +732,63 @@ out:
 	return ret;
 }
 
+/*
+ * libext2fs 1.47's ext2fs_punch() cannot free the filesystem's last block:
+ * it fails with "Illegal block number", leaving the work half done.  So
+ * when [start, end] of an extent-mapped file covers the block mapped to
+ * it (always the last block of its extent), that block is unmapped and
+ * freed here first, and ext2fs_punch() does the rest.
+ */
+static errcode_t f4_punch_fs_last_block(struct f4fs *f4, ext2_ino_t ino,
+					struct ext2_inode_large *inode,
+					uint64_t start, uint64_t end)
+{
+	ext2_filsys fs = f4->fs;
+	blk64_t last = ext2fs_blocks_count(fs->super) - 1;
+	ext2_extent_handle_t handle = NULL;
+	struct ext2fs_extent e;
+	int op = EXT2_EXTENT_ROOT;
+	uint64_t lblk;
+	errcode_t err;
+
+	if (!(inode->i_flags & EXT4_EXTENTS_FL) ||
+	    !ext2fs_test_block_bitmap2(fs->block_map, last))
+		return 0;
+	err = ext2fs_extent_open2(fs, ino, (struct ext2_inode *)inode, &handle);
+	if (err)
+		return err;
+	while ((err = ext2fs_extent_get(handle, op, &e)) == 0) {
+		op = EXT2_EXTENT_NEXT_LEAF;
+		if ((e.e_flags & EXT2_EXTENT_FLAGS_LEAF) &&
+		    e.e_pblk <= last && last - e.e_pblk < e.e_len)
+			break;
+	}
+	if (err) {
+		/* Some other inode has the block. */
+		if (err == EXT2_ET_EXTENT_NO_NEXT)
+			err = 0;
+		goto out;
+	}
+	lblk = e.e_lblk + (last - e.e_pblk);
+	if (lblk < start || lblk > end)
+		goto out;
+	if (e.e_len == 1) {
+		err = ext2fs_extent_delete(handle, 0);
+	} else {
+		e.e_len--;
+		err = ext2fs_extent_replace(handle, 0, &e);
+		if (!err)
+			err = ext2fs_extent_fix_parents(handle);
+	}
+	if (err)
+		goto out;
+	ext2fs_block_alloc_stats2(fs, last, -1);
+	err = ext2fs_iblk_sub_blocks(fs, (struct ext2_inode *)inode, 1);
+out:
+	ext2fs_extent_free(handle);
+	return err;
+}
+
 /* Free the blocks [start, end] (inclusive; end ~0 means to the end). */
 int f4_map_punch(struct f4fs *f4, ext2_ino_t ino,
 		 struct ext2_inode_large *inode, uint64_t start, uint64_t end)
@@ -728,8 +797,10 @@ int f4_map_punch(struct f4fs *f4, ext2_ino_t ino,
 
 	if (!ext2fs_inode_has_valid_blocks2(f4->fs, (struct ext2_inode *)inode))
 		return 0;
-	err = ext2fs_punch(f4->fs, ino, (struct ext2_inode *)inode, NULL,
-			   start, end);
+	err = f4_punch_fs_last_block(f4, ino, inode, start, end);
+	if (!err)
+		err = ext2fs_punch(f4->fs, ino, (struct ext2_inode *)inode,
+				   NULL, start, end);
 	if (err)
 		return f4_errno(err);
 	return f4_write_inode(f4, ino, inode);

@@ -1152,6 +1152,78 @@ def _inode_fill(mnt):
     return res
 
 
+def _last_block_in_file(img, name):
+    """The file block of `name` mapped to the filesystem's last block, or
+    None (from debugfs's extent listing of the unmounted image)."""
+    last = int(superblock(img)["Block count"]) - 1
+    cp = run(["debugfs", "-R", "ex " + name, str(img)], ok_codes=(0, 1))
+    for m in re.finditer(r"^\s*\d+/\s*\d+\s+\d+/\s*\d+\s+(\d+)\s+-\s+(\d+)\s+(\d+)\s+-\s+(\d+)",
+                         cp.stdout, re.M):
+        lstart, _, pstart, pend = map(int, m.groups())
+        if pstart <= last <= pend:
+            return lstart + (last - pstart)
+    return None
+
+
+def test_freeing_the_filesystems_last_block(tmp_path):
+    """A file that owns the filesystem's last block can have it punched,
+    truncated away and freed by unlink (libext2fs's own punch cannot free
+    that block): e2fsck clean after each step, and all the space back."""
+    img = mkimg(tmp_path / "last.img", "16M")
+    with rw_mount(img) as h:
+        free0 = os.statvfs(str(h)).f_bfree
+        # Leave the free blocks at the front, not at the end: a pad first,
+        # then fill up, drop the pad, and append block by block, which
+        # continues into the last blocks after the file's end.
+        with open(os.path.join(str(h), "pad"), "wb") as f:
+            f.write(b"p" * MiB)
+        p = os.path.join(str(h), "fill")
+        with open(p, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\xa5" * MiB)
+                    f.flush()
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+        full = os.statvfs(str(h)).f_bfree
+        os.unlink(os.path.join(str(h), "pad"))
+        # Its blocks come back once the kernel forgets the inode.
+        deadline = time.monotonic() + 10
+        while os.statvfs(str(h)).f_bfree < full + MiB // BLK:
+            assert time.monotonic() < deadline, "the pad's blocks never came back"
+            time.sleep(0.02)
+        with open(p, "ab") as f:
+            for _ in range(128):
+                f.write(b"\x5a" * BLK)
+                f.flush()
+    assert_fsck_clean(img, "after filling")
+    lblk = _last_block_in_file(img, "fill")
+    assert lblk is not None, "the file did not get the filesystem's last block"
+    steps = [
+        ("punching it", lambda p: run(["fallocate", "--punch-hole", "-o",
+                                       str(lblk * BLK), "-l", str(BLK), p])),
+        ("truncating it away", lambda p: os.truncate(p, lblk * BLK)),
+        ("unlinking the file", os.unlink),
+    ]
+    for what, act in steps:
+        with rw_mount(img) as h:
+            p = os.path.join(str(h), "fill")
+            if _last_block_in_file(img, "fill") is None:
+                # Take the block back: rewrite where it was mapped.
+                fd = os.open(p, os.O_WRONLY)
+                try:
+                    assert os.pwrite(fd, b"\x77" * BLK, lblk * BLK) == BLK
+                finally:
+                    os.close(fd)
+            act(p)
+        assert_fsck_clean(img, "after " + what)
+        if what != "unlinking the file":
+            assert _last_block_in_file(img, "fill") is None, "%s left it mapped" % what
+    with rw_mount(img) as h:
+        free1 = U.statvfs_record(str(h))["f_bfree"]
+    assert free1 == free0, "space not all back: %d free blocks, %d before" % (free1, free0)
+
+
 def test_enospc_out_of_inodes(tmp_path):
     """Creating files until the inode table is full gives ENOSPC after as
     many files as on ext4; deleting some makes room again."""
