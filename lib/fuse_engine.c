@@ -544,26 +544,12 @@ static int fe_send_reply(struct fe_req *req, int error,
 		ret = -EINVAL;
 		goto out;
 	}
-	if ((size_t)iovcnt + 1 > sizeof(small) / sizeof(small[0])) {
-		v = calloc((size_t)iovcnt + 1, sizeof(*v));
-		if (!v) {
-			ret = -ENOMEM;
-			goto out;
-		}
-	}
-	for (i = 0; i < iovcnt; i++) {
-		v[i + 1] = iov[i];
+	for (i = 0; i < iovcnt; i++)
 		total += iov[i].iov_len;
-	}
 	if (total > UINT32_MAX) {
 		ret = -EINVAL;
 		goto out;
 	}
-	oh.len = (uint32_t)total;
-	oh.error = error;
-	oh.unique = req->unique;
-	v[0].iov_base = &oh;
-	v[0].iov_len = sizeof(oh);
 
 	if (se->debug) {
 		if (error)
@@ -576,10 +562,26 @@ static int fe_send_reply(struct fe_req *req, int error,
 				total);
 	}
 
+	/* A ring entry takes the arguments as they are; /dev/fuse wants the
+	 * header in front of them in one message. */
 	if (ir->ring) {
 		ret = fe_ring_reply(ir->ring, error, req->unique, iov, iovcnt);
 		goto out;
 	}
+	if ((size_t)iovcnt + 1 > sizeof(small) / sizeof(small[0])) {
+		v = calloc((size_t)iovcnt + 1, sizeof(*v));
+		if (!v) {
+			ret = -ENOMEM;
+			goto out;
+		}
+	}
+	for (i = 0; i < iovcnt; i++)
+		v[i + 1] = iov[i];
+	oh.len = (uint32_t)total;
+	oh.error = error;
+	oh.unique = req->unique;
+	v[0].iov_base = &oh;
+	v[0].iov_len = sizeof(oh);
 	ret = fe_send_msg(se, req->fd, v, iovcnt + 1, total);
 	/* ENOENT: the kernel already gave up on the request (interrupted or
 	 * aborted).  Nobody is waiting for this answer any more. */
