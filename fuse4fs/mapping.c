@@ -194,21 +194,14 @@ uint64_t f4_extent_reserve(struct f4fs *f4)
 	return EXT2FS_C2B(f4->fs, resv);
 }
 
-/* Blocks this writer may still allocate. */
-static uint64_t f4_space_left(struct f4fs *f4, bool root)
+int f4_check_space(struct f4fs *f4, uint64_t nblocks, bool root)
 {
 	struct ext2_super_block *sb = f4->fs->super;
-	uint64_t resv = f4_extent_reserve(f4), nfree;
+	uint64_t resv = f4_extent_reserve(f4);
 
 	if (!root)
 		resv += ext2fs_r_blocks_count(sb);
-	nfree = ext2fs_free_blocks_count(sb);
-	return nfree > resv ? nfree - resv : 0;
-}
-
-int f4_check_space(struct f4fs *f4, uint64_t nblocks, bool root)
-{
-	return f4_space_left(f4, root) >= nblocks ? 0 : ENOSPC;
+	return ext2fs_free_blocks_count(sb) >= resv + nblocks ? 0 : ENOSPC;
 }
 
 /* Who may use the root-reserved blocks: root, or the configured user or
@@ -607,7 +600,6 @@ int f4_map_begin(struct f4fs *f4, ext2_ino_t ino,
 		 struct ext2_inode_large *inode, uint64_t lblk,
 		 uint64_t maxlen, unsigned int flags, struct f4_map *map)
 {
-	uint64_t avail;
 	int ret;
 
 	memset(map, 0, sizeof(*map));
@@ -616,13 +608,11 @@ int f4_map_begin(struct f4fs *f4, ext2_ino_t ino,
 	ret = f4_map_lookup(f4, ino, inode, lblk, maxlen, map);
 	if (ret || !(flags & F4_MAP_WRITE) || map->type != F4_MAP_HOLE)
 		return ret;
-	/* Near a full filesystem a write gets what is left, as on ext4: a
-	 * short write, and ENOSPC only when nothing is left at all. */
-	avail = f4_space_left(f4, flags & F4_MAP_ROOT);
-	if (avail == 0)
-		return ENOSPC;
-	if (map->len > avail)
-		map->len = avail;
+	/* Like ext4, a write that does not fit is refused whole rather
+	 * than cut short (tests: test_enospc_with_large_writes_like_ext4). */
+	ret = f4_check_space(f4, map->len, flags & F4_MAP_ROOT);
+	if (ret)
+		return ret;
 
 	if (!(inode->i_flags & EXT4_EXTENTS_FL)) {
 		ret = f4_alloc_indirect(f4, ino, inode, lblk, map->len, map);

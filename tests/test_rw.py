@@ -1126,6 +1126,28 @@ def test_enospc_root_and_user_like_ext4(tmp_path, cache):
     assert got["again-ok"], report
 
 
+def test_enospc_with_large_writes_like_ext4(tmp_path):
+    """1 MiB writes into a filling filesystem: the last one is short, as
+    on ext4 (which writes what fits), so the fill stops with the same
+    free space as ext4's, not up to a whole write earlier."""
+    a = mkimg(tmp_path / "big-enospc-f4.img", "64M", ["-m", "5"])
+    b = copy_image(a, tmp_path / "big-enospc-k.img")
+    res = {}
+    for who, ctx in (("fuse4fs", lambda: rw_mount(a)), ("kernel", lambda: kernel_mount(b, ro=False))):
+        with ctx() as m:
+            d = os.path.join(str(m), "fill")
+            os.mkdir(d)
+            res[who] = _fill(d, chunk=MiB, per_file=256 * MiB)
+    assert_fsck_clean(a, "(fuse4fs after ENOSPC)")
+    report = json.dumps(res, indent=1, sort_keys=True)
+    for who in res:
+        assert res[who]["where"] == ["write", "ENOSPC"], report
+    got, ref = res["fuse4fs"]["bfree"], res["kernel"]["bfree"]
+    assert ref - ENOSPC_TOLERANCE <= got <= ref + ENOSPC_TOLERANCE, (
+        "fill with 1 MiB writes stopped with %d free blocks on fuse4fs, %d on ext4:\n%s"
+        % (got, ref, report))
+
+
 def _inode_fill(mnt):
     d = os.path.join(mnt, "inodes")
     os.mkdir(d)
@@ -1178,13 +1200,18 @@ def test_freeing_the_filesystems_last_block(tmp_path):
         with open(os.path.join(str(h), "pad"), "wb") as f:
             f.write(b"p" * MiB)
         p = os.path.join(str(h), "fill")
-        with open(p, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\xa5" * MiB)
-                    f.flush()
-            except OSError as e:
-                assert e.errno == errno.ENOSPC, e
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            # A write that does not fit is refused whole, as on ext4: fill
+            # with ever smaller ones.
+            for chunk in (MiB, 64 * 1024, BLK):
+                try:
+                    while True:
+                        os.write(fd, b"\xa5" * chunk)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC, e
+        finally:
+            os.close(fd)
         full = os.statvfs(str(h)).f_bfree
         os.unlink(os.path.join(str(h), "pad"))
         # Its blocks come back once the kernel forgets the inode.
