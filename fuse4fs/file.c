@@ -56,6 +56,41 @@ int f4_open_file(struct f4fs *f4, ext2_ino_t ino, struct f4_inode **ipp)
 	return *ipp ? 0 : ENOMEM;
 }
 
+/*
+ * ATOMIC_O_TRUNC: the truncation is ours to do, with the times update
+ * open(2) makes.  The I/O lock comes before the filesystem lock, as it
+ * does for writers, which another descriptor may have running.
+ */
+static int f4_open_truncate(struct fe_req *req, struct f4_inode *ip,
+			    bool kill_suidgid, bool *mode_changed)
+{
+	struct f4fs *f4 = fe_req_fs(req);
+	struct ext2_inode_large inode;
+	uint16_t mode;
+	int ret;
+
+	pthread_rwlock_wrlock(&ip->iolock);
+	f4_lock(f4);
+	ret = f4_read_inode(f4, ip->ino, &inode);
+	if (ret)
+		goto out;
+	if (f4_inode_size(&inode) > 0) {
+		ret = f4_truncate(f4, ip->ino, &inode, 0);
+		if (ret)
+			goto out;
+	}
+	mode = inode.i_mode;
+	if (kill_suidgid)
+		f4_kill_suidgid(req, &inode);
+	*mode_changed = mode != inode.i_mode;
+	f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
+	ret = f4_write_inode(f4, ip->ino, &inode);
+out:
+	f4_unlock(f4);
+	pthread_rwlock_unlock(&ip->iolock);
+	return ret;
+}
+
 void f4_open(struct fe_req *req, uint64_t nodeid,
 	     const struct fuse_open_in *arg)
 {
@@ -99,21 +134,11 @@ void f4_open(struct fe_req *req, uint64_t nodeid,
 		ip->writer_gid = req->gid;
 	}
 	if ((arg->flags & O_TRUNC) && LINUX_S_ISREG(inode.i_mode)) {
-		/* ATOMIC_O_TRUNC: the truncation is ours to do, with the
-		 * times update open(2) makes. */
-		pthread_rwlock_wrlock(&ip->iolock);
-		if (f4_inode_size(&inode) > 0)
-			ret = f4_truncate(f4, ino, &inode, 0);
-		if (ret == 0) {
-			uint16_t mode = inode.i_mode;
-
-			if (arg->open_flags & FUSE_OPEN_KILL_SUIDGID)
-				f4_kill_suidgid(req, &inode);
-			mode_changed = mode != inode.i_mode;
-			f4_touch(f4, &inode, F4_MTIME | F4_CTIME, NULL);
-			ret = f4_write_inode(f4, ino, &inode);
-		}
-		pthread_rwlock_unlock(&ip->iolock);
+		f4_unlock(f4);
+		ret = f4_open_truncate(req, ip,
+				       arg->open_flags & FUSE_OPEN_KILL_SUIDGID,
+				       &mode_changed);
+		f4_lock(f4);
 		if (ret) {
 			f4_itable_put(f4, ip);
 			goto out;

@@ -1088,6 +1088,57 @@ def test_large_and_small_writes_stay_coherent(tmp_path):
             assert f.read() == bytes(model), "through the kernel's ext4"
 
 
+def test_open_truncate_while_another_descriptor_writes(tmp_path):
+    """open(O_TRUNC) of a file that another descriptor is writing must not
+    stall either of them: both take the file's I/O lock and the
+    filesystem's lock, and must take them in the same order."""
+    img = mkimg(tmp_path / "trunc.img", "64M")
+    with rw_mount(img) as h:
+        p = os.path.join(str(h), "f")
+        stop = time.monotonic() + 3
+        counts = {"writes": 0, "truncs": 0}
+        errors = []
+
+        def writer():
+            try:
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+                data = b"w" * MiB
+                try:
+                    while time.monotonic() < stop:
+                        os.pwrite(fd, data, (counts["writes"] % 8) * MiB)
+                        counts["writes"] += 1
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                errors.append(e)
+
+        def truncator():
+            try:
+                while time.monotonic() < stop:
+                    os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+                    counts["truncs"] += 1
+            except OSError as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=t, daemon=True) for t in (writer, truncator)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads), \
+            "writer or O_TRUNC open stalled: %s" % counts
+        assert not errors, errors
+        assert counts["writes"] > 10 and counts["truncs"] > 10, counts
+        size = os.stat(p).st_size
+        assert size % MiB == 0 and size <= 8 * MiB
+        with open(p, "rb") as f:
+            data = f.read()
+        # Each MiB was last written whole, or cut away by a truncation.
+        for i in range(0, size, MiB):
+            assert data[i:i + MiB] in (b"w" * MiB, bytes(MiB)), "MiB %d mixed" % (i // MiB)
+    assert_fsck_clean(img)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cache", ["direct", "writeback_cache"])
 def test_enospc_root_and_user_like_ext4(tmp_path, cache):
