@@ -70,6 +70,7 @@ static int f4_open_truncate(struct fe_req *req, struct f4_inode *ip,
 	int ret;
 
 	pthread_rwlock_wrlock(&ip->iolock);
+	f4_wb_wait(f4, ip);
 	f4_lock(f4);
 	ret = f4_read_inode(f4, ip->ino, &inode);
 	if (ret)
@@ -310,6 +311,7 @@ void f4_read(struct fe_req *req, uint64_t nodeid,
 	}
 	if (ip)
 		pthread_rwlock_rdlock(&ip->iolock);
+	f4_wb_wait(f4, ip);
 	ret = f4_read_range(f4, ino, buf, arg->offset, len);
 	if (ip)
 		pthread_rwlock_unlock(&ip->iolock);
@@ -419,14 +421,26 @@ static int f4_pwrite_full(int fd, const void *buf, size_t len, off_t off)
  * inode's I/O lock keeps reads of the same blocks out meanwhile.
  */
 #define F4_DIO_MIN	(64 * 1024)
-#define F4_DIO_ALIGN	4096
 
-static int f4_dev_write(struct f4fs *f4, const void *buf, size_t len,
-			off_t off)
+static bool f4_dio_fits(struct f4fs *f4, size_t len, off_t off)
 {
-	if (f4->dio_fd >= 0 && len >= F4_DIO_MIN &&
-	    !(len % F4_DIO_ALIGN) && !(off % F4_DIO_ALIGN) &&
-	    !((uintptr_t)buf % F4_DIO_ALIGN))
+	return f4->dio_fd >= 0 && len >= F4_DIO_MIN &&
+		!(len % F4_DIO_ALIGN) && !(off % F4_DIO_ALIGN);
+}
+
+/*
+ * Write file data to the device.  With behind, a write large enough to
+ * go direct is queued (see writebehind.c) instead; any other write first
+ * waits for ip's queued ones, which may cover the same blocks.
+ */
+static int f4_dev_write(struct f4fs *f4, struct f4_inode *ip, bool behind,
+			const void *buf, size_t len, off_t off)
+{
+	if (behind && f4_dio_fits(f4, len, off) &&
+	    f4_wb_queue(f4, ip, buf, len, off))
+		return 0;
+	f4_wb_wait(f4, ip);
+	if (f4_dio_fits(f4, len, off) && !((uintptr_t)buf % F4_DIO_ALIGN))
 		return f4_pwrite_full(f4->dio_fd, buf, len, off);
 	return f4_pwrite_full(f4->devfd, buf, len, off);
 }
@@ -544,8 +558,9 @@ out:
  * Write one mapped run.  Blocks that are fresh or unwritten get zeroes
  * around the data so that no stale device contents become readable.
  */
-static int f4_write_run(struct f4fs *f4, const struct f4_map *map,
-			const char *data, uint64_t pos, size_t len)
+static int f4_write_run(struct f4fs *f4, struct f4_inode *ip, bool behind,
+			const struct f4_map *map, const char *data,
+			uint64_t pos, size_t len)
 {
 	uint64_t bs = f4->blocksize;
 	uint64_t inrun = pos - (map->lblk << f4->blockbits);
@@ -559,7 +574,8 @@ static int f4_write_run(struct f4fs *f4, const struct f4_map *map,
 	 * a write covering whole blocks needs no padding. */
 	if ((!map->fresh && map->type != F4_MAP_UNWRITTEN) ||
 	    (head == 0 && (len & (bs - 1)) == 0))
-		return f4_dev_write(f4, data, len, dev);
+		return f4_dev_write(f4, ip, behind &&
+				    map->type == F4_MAP_MAPPED, data, len, dev);
 
 	span = (head + len + bs - 1) & ~(bs - 1);
 	if (posix_memalign((void **)&buf, F4_DIO_ALIGN, span))
@@ -567,7 +583,7 @@ static int f4_write_run(struct f4fs *f4, const struct f4_map *map,
 	memset(buf, 0, head);
 	memcpy(buf + head, data, len);
 	memset(buf + head + len, 0, span - head - len);
-	ret = f4_dev_write(f4, buf, span, dev - (off_t)head);
+	ret = f4_dev_write(f4, ip, false, buf, span, dev - (off_t)head);
 	free(buf);
 	return ret;
 }
@@ -582,6 +598,8 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 	/* From the kernel's page cache (writeback_cache): a short count would
 	 * be dropped silently there, so limits are errors instead. */
 	bool cached = arg->write_flags & FUSE_WRITE_CACHE;
+	/* O_SYNC includes O_DSYNC's bit. */
+	bool behind = !(arg->flags & (O_DIRECT | O_DSYNC));
 	uint64_t pos = arg->offset, end, max;
 	size_t len = arg->size, done = 0;
 	ext2_ino_t ino;
@@ -659,8 +677,8 @@ void f4_write(struct fe_req *req, uint64_t nodeid,
 		if (chunk > len - done)
 			chunk = len - done;
 		f4_unlock(f4);
-		ret = f4_write_run(f4, &map, (const char *)data + done, cur,
-				   chunk);
+		ret = f4_write_run(f4, ip, behind, &map,
+				   (const char *)data + done, cur, chunk);
 		f4_lock(f4);
 		if (ret)
 			break;
@@ -751,12 +769,48 @@ int f4_truncate(struct f4fs *f4, ext2_ino_t ino,
 	return f4_write_inode(f4, ino, inode);
 }
 
+/* The open file behind fh, with a reference the caller drops, or NULL. */
+static struct f4_inode *f4_handle_get(struct f4fs *f4, uint64_t nodeid,
+				      uint64_t fh)
+{
+	struct f4_inode *ip = NULL;
+	ext2_ino_t ino;
+
+	f4_lock(f4);
+	if (f4_check_nodeid(f4, nodeid, &ino) == 0 &&
+	    f4_itable_handle(f4, fh, ino, &ip) == 0 && ip)
+		ip = f4_itable_get(f4, ino);
+	f4_unlock(f4);
+	return ip;
+}
+
+static void f4_handle_put(struct f4fs *f4, struct f4_inode *ip)
+{
+	if (!ip)
+		return;
+	f4_lock(f4);
+	f4_itable_put(f4, ip);
+	f4_unlock(f4);
+}
+
+/* close(2): the file's queued writes reach the device, and one that
+ * failed fails the close, so that data is not lost without a word. */
 void f4_flush_op(struct fe_req *req, uint64_t nodeid,
 		 const struct fuse_flush_in *arg)
 {
-	(void)nodeid;
-	(void)arg;
-	fe_reply_ok(req);
+	struct f4fs *f4 = fe_req_fs(req);
+	struct f4_inode *ip = f4_handle_get(f4, nodeid, arg->fh);
+	int ret = 0;
+
+	if (ip) {
+		f4_wb_wait(f4, ip);
+		ret = f4_wb_take_error(f4, ip);
+	}
+	f4_handle_put(f4, ip);
+	if (ret)
+		f4_reply_err(req, ret);
+	else
+		fe_reply_ok(req);
 }
 
 /* Every metadata change is written back, whichever file asks: datasync
@@ -764,9 +818,17 @@ void f4_flush_op(struct fe_req *req, uint64_t nodeid,
 void f4_fsync(struct fe_req *req, uint64_t nodeid,
 	      const struct fuse_fsync_in *arg)
 {
-	(void)nodeid;
-	(void)arg;
-	f4_reply_flushed(req);
+	struct f4fs *f4 = fe_req_fs(req);
+	struct f4_inode *ip = f4_handle_get(f4, nodeid, arg->fh);
+	int ret = f4->ro ? 0 : f4_flush(f4, true);
+
+	if (ret == 0 && ip)
+		ret = f4_wb_take_error(f4, ip);
+	f4_handle_put(f4, ip);
+	if (ret)
+		f4_reply_err(req, ret);
+	else
+		fe_reply_ok(req);
 }
 
 #define F4_FALLOC_KEEP_SIZE	0x01
@@ -816,6 +878,7 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 		return;
 	}
 	pthread_rwlock_wrlock(&ip->iolock);
+	f4_wb_wait(f4, ip);
 	pthread_rwlock_rdlock(&f4->flush_barrier);
 	f4_lock(f4);
 	mapflags = f4_req_privileged(f4, req) ? F4_MAP_ROOT : 0;

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include <ext2fs/ext2_fs.h>
 #include <ext2fs/ext2fs.h>
@@ -34,6 +35,7 @@ struct f4_options {
 	char *subtype;
 	uint64_t offset;	/* byte offset of the filesystem in the device */
 	unsigned int threads;
+	unsigned int write_behind_mib; /* queue size, 0: every write waits */
 	bool ro;
 	bool norecovery;
 	bool nosync_unmount;
@@ -80,6 +82,7 @@ struct f4fs {
 	 */
 	pthread_rwlock_t flush_barrier;
 	struct f4_itable *itable;
+	struct f4_wb *wb;	/* write-behind queue, or NULL (writebehind.c) */
 	/* Inodes holding a soft reservation window (mapping.c). */
 	struct f4_inode *resv_list;
 	/* No free run of nofit_len blocks while at most nofit_free blocks
@@ -134,6 +137,10 @@ struct f4_inode {
 	uint64_t resv_end;
 	struct f4_inode *resv_next;
 	struct f4_inode **resv_pprev;
+	/* Write-behind (writebehind.c), under its lock: queued writes not
+	 * yet on the device, and the first error not yet reported. */
+	unsigned int wb_pending;
+	int wb_error;
 	struct f4_inode *next;
 };
 
@@ -169,6 +176,17 @@ void f4_statfs(struct fe_req *req, uint64_t nodeid);
 void f4_syncfs(struct fe_req *req, uint64_t nodeid);
 void f4_reply_flushed(struct fe_req *req);
 void f4_destroy(void *fs);
+
+/* writebehind.c: large buffered writes answered before the device
+ * write; direct writes need this alignment of buffer, length, offset. */
+#define F4_DIO_ALIGN	4096
+struct f4_wb;
+void f4_wb_start(struct f4fs *f4);
+void f4_wb_stop(struct f4fs *f4);
+bool f4_wb_queue(struct f4fs *f4, struct f4_inode *ip, const void *data,
+		 size_t len, off_t dev);
+void f4_wb_wait(struct f4fs *f4, struct f4_inode *ip);
+int f4_wb_take_error(struct f4fs *f4, struct f4_inode *ip);
 
 /* loopdev.c */
 int f4_loop_attach(const char *path, bool ro, uint64_t offset, char *name,

@@ -764,6 +764,7 @@ void f4_setattr(struct fe_req *req, uint64_t nodeid,
 			goto reply;
 		}
 		pthread_rwlock_wrlock(&ip->iolock);
+		f4_wb_wait(f4, ip);
 	}
 
 	f4_lock(f4);

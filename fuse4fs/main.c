@@ -332,6 +332,7 @@ int main(int argc, char **argv)
 		openlog(F4_PROGNAME, LOG_PID, LOG_DAEMON);
 	}
 
+	f4_wb_start(&f4);
 	signal(SIGPIPE, SIG_IGN);
 	sigemptyset(&sw.set);
 	sigaddset(&sw.set, SIGINT);

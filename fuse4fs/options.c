@@ -35,6 +35,7 @@ struct f4_optparse {
 	struct f4_options *opts;
 	unsigned long long offset;
 	unsigned int threads;
+	unsigned int write_behind;
 	char *iomap;
 	char *uring;
 	char *errors;
@@ -51,6 +52,7 @@ struct f4_optparse {
 static const struct fuse_opt f4_opt_spec[] = {
 	F4_OPT("offset=%llu", offset),
 	F4_OPT("threads=%u", threads),
+	F4_OPT("write_behind=%u", write_behind),
 	F4_OPT("fsname=%s", fsname),
 	F4_OPT("subtype=%s", subtype),
 	F4_OPT("iomap=%s", iomap),
@@ -113,6 +115,9 @@ void f4_usage(FILE *out)
 "  errors=continue|remount-ro|panic\n"
 "                     what to do when corruption is found (default: the\n"
 "                     superblock's setting); panic stops all writes\n"
+"  write_behind=MIB   answer large buffered writes once they are queued, with\n"
+"                     at most MIB queued (default 8; 0: every write waits\n"
+"                     for the device); a device error then fails fsync/close\n"
 "  writeback_cache    let the kernel cache writes (faster small writes, but\n"
 "                     ENOSPC and I/O errors then surface at fsync/close)\n"
 "  fsname=NAME        source name shown in /proc/mounts (default DEVICE)\n"
@@ -221,7 +226,8 @@ static int f4_opt_proc(void *data, const char *arg, int key,
 int f4_parse_options(int argc, char **argv, struct f4_options *opts)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct f4_optparse p = { .opts = opts, .threads = 4 };
+	struct f4_optparse p = { .opts = opts, .threads = 4,
+				 .write_behind = 8 };
 	int ret = -1;
 
 	opts->acl = true;
@@ -252,6 +258,11 @@ int f4_parse_options(int argc, char **argv, struct f4_options *opts)
 			p.threads);
 		goto out;
 	}
+	if (p.write_behind > 1024) {
+		fprintf(stderr, F4_PROGNAME ": write_behind=%u is out of range "
+			"(0..1024 MiB)\n", p.write_behind);
+		goto out;
+	}
 	if (p.offset > (unsigned long long)INT64_MAX) {
 		fprintf(stderr, F4_PROGNAME ": offset=%llu is too large\n",
 			p.offset);
@@ -272,6 +283,7 @@ int f4_parse_options(int argc, char **argv, struct f4_options *opts)
 		goto out;
 	}
 	opts->threads = p.threads;
+	opts->write_behind_mib = p.write_behind;
 	opts->offset = p.offset;
 	opts->fsname = p.fsname;
 	opts->subtype = p.subtype;

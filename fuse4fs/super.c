@@ -307,6 +307,7 @@ int f4_flush(struct f4fs *f4, bool sync)
 	int ret;
 
 	pthread_rwlock_wrlock(&f4->flush_barrier);
+	f4_wb_wait(f4, NULL);
 	f4_lock(f4);
 	err = f4->fs ? ext2fs_flush2(f4->fs, sync ? 0 :
 				     EXT2_FLAG_FLUSH_NO_SYNC) : 0;
@@ -336,8 +337,16 @@ void f4_reply_flushed(struct fe_req *req)
 
 void f4_syncfs(struct fe_req *req, uint64_t nodeid)
 {
+	struct f4fs *f4 = fe_req_fs(req);
+	int ret = f4->ro ? 0 : f4_flush(f4, true);
+
 	(void)nodeid;
-	f4_reply_flushed(req);
+	if (ret == 0)
+		ret = f4_wb_take_error(f4, NULL);
+	if (ret)
+		f4_reply_err(req, ret);
+	else
+		fe_reply_ok(req);
 }
 
 /*
@@ -354,6 +363,7 @@ void f4_destroy(void *fs)
 	if (f4->ro || !f4->fs)
 		return;
 	pthread_rwlock_wrlock(&f4->flush_barrier);
+	f4_wb_wait(f4, NULL);
 	f4_lock(f4);
 	sb = f4->fs->super;
 	/* The kernel holds nothing any more: inodes it kept alive after
@@ -379,6 +389,7 @@ void f4_close_fs(struct f4fs *f4)
 {
 	if (f4->fs && !f4->ro)
 		f4_destroy(f4);
+	f4_wb_stop(f4);
 	if (f4->fs) {
 		errcode_t err = ext2fs_close_free(&f4->fs);
 

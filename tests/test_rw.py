@@ -13,6 +13,7 @@ import ctypes
 import errno
 import hashlib
 import json
+import mmap
 import os
 import random
 import re
@@ -1137,6 +1138,170 @@ def test_open_truncate_while_another_descriptor_writes(tmp_path):
         for i in range(0, size, MiB):
             assert data[i:i + MiB] in (b"w" * MiB, bytes(MiB)), "MiB %d mixed" % (i // MiB)
     assert_fsck_clean(img)
+
+
+def _direct_read(path, off, n):
+    """n bytes at off read with O_DIRECT (off and n block-aligned): the
+    request reaches the server, whatever the kernel's page cache holds."""
+    buf = mmap.mmap(-1, max(n, 4096))
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        got = os.preadv(fd, [memoryview(buf)[:n]], off)
+        return bytes(buf[:got])
+    finally:
+        os.close(fd)
+        buf.close()
+
+
+def test_write_behind_queued_writes_are_seen_by_everything(tmp_path):
+    """Large buffered writes are answered once queued (write-behind): a
+    read that bypasses the kernel's cache, a truncation, a hole punch, a
+    small overwrite, an unlink and the reuse of its blocks, issued right
+    after, must all act as if the queued data were already on the disk."""
+    img = mkimg(tmp_path / "wb.img", "128M")
+    rng = random.Random(11)
+    nchunks = 12
+    model = bytearray()
+    with rw_mount(img) as h:
+        p = os.path.join(str(h), "f")
+        fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            for step in range(120):
+                off = rng.randrange(nchunks) * MiB
+                data = rng.randbytes(MiB)
+                assert os.pwrite(fd, data, off) == MiB
+                if len(model) < off:
+                    model.extend(bytes(off - len(model)))
+                model[off:off + MiB] = data
+                what = rng.choice(("read", "read", "truncate", "punch", "small",
+                                   "unlink-reuse"))
+                if what == "read":
+                    a = rng.randrange(len(model) // BLK) * BLK
+                    n = min(MiB, len(model) - a)
+                    assert _direct_read(p, a, n) == bytes(model[a:a + n]), \
+                        "step %d: O_DIRECT read at %d" % (step, a)
+                elif what == "truncate":
+                    size = rng.randrange(len(model) + 1)
+                    os.ftruncate(fd, size)
+                    del model[size:]
+                elif what == "punch":
+                    a = rng.randrange(len(model))
+                    n = rng.randrange(1, 2 * MiB)
+                    run(["fallocate", "--punch-hole", "--keep-size", "-o", str(a),
+                         "-l", str(n), p])
+                    end = min(a + n, len(model))
+                    model[a:end] = bytes(end - a)
+                elif what == "small":
+                    a = rng.randrange(len(model))
+                    data = rng.randbytes(rng.randrange(1, 5000))
+                    assert os.pwrite(fd, data, a) == len(data)
+                    if len(model) < a + len(data):
+                        model.extend(bytes(a + len(data) - len(model)))
+                    model[a:a + len(data)] = data
+                else:
+                    # Blocks freed while their writes may still be queued
+                    # go to the next file; it must read only its own bytes.
+                    q = os.path.join(str(h), "g")
+                    with open(q, "wb") as g:
+                        g.write(rng.randbytes(2 * MiB))
+                    os.unlink(q)
+                    fresh = rng.randbytes(2 * MiB)
+                    with open(q, "wb") as g:
+                        g.write(fresh)
+                    assert _direct_read(q, 0, 2 * MiB) == fresh, "step %d: reuse" % step
+                    os.unlink(q)
+                assert os.fstat(fd).st_size == len(model), "step %d: size" % step
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert _direct_read(p, 0, (len(model) + BLK - 1) // BLK * BLK)[:len(model)] == \
+            bytes(model)
+    assert_fsck_clean(img)
+    with kernel_mount(img) as k:
+        with open(os.path.join(k, "f"), "rb") as f:
+            assert f.read() == bytes(model), "through the kernel's ext4"
+
+
+@pytest.mark.parametrize("value", ["1025", "-1", "lots"])
+def test_write_behind_option_is_checked(tmp_path, value):
+    """A write_behind= value outside 0..1024 MiB is refused before mounting,
+    with a message naming the option."""
+    img = mkimg(tmp_path / "opt.img", "16M")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cp = subprocess.run([os.environ["FUSE4FS"], "-f", img, str(mnt), "-o",
+                         "write_behind=" + value], capture_output=True, text=True,
+                        timeout=60)
+    assert cp.returncode != 0 and "write_behind" in cp.stderr, cp
+    assert not os.path.ismount(mnt)
+
+
+def _write_until_error(path, mib, flags=0):
+    """Write mib MiB in 1 MiB writes, fsync, close: how many writes
+    succeeded, and the errno names of write / fsync / close (None: ok)."""
+    res = {"writes": 0, "write": None, "fsync": None, "close": None}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o644)
+    # Page-aligned, so that O_DIRECT requests are whole 1 MiB pieces.
+    buf = mmap.mmap(-1, MiB)
+    buf.write(os.urandom(MiB))
+    for _ in range(mib):
+        try:
+            os.write(fd, buf)
+        except OSError as e:
+            res["write"] = errno.errorcode[e.errno]
+            break
+        res["writes"] += 1
+    for op, fn in (("fsync", os.fsync), ("close", os.close)):
+        try:
+            fn(fd)
+        except OSError as e:
+            res[op] = errno.errorcode[e.errno]
+    return res
+
+
+def test_device_errors_are_reported_like_ext4(tmp_path):
+    """The image's own filesystem runs out of space under it, so the device
+    fails writes.  The kernel's ext4 accepts the writes into its cache and
+    fails fsync(2); fuse4fs with its write-behind queue must do the same,
+    and without the queue (write_behind=0), for O_DIRECT and O_DSYNC
+    and on a sync mount, the failing write(2) itself reports it.  Never is the loss silent, and the server neither crashes
+    nor hangs."""
+    host = tmp_path / "host"
+    host.mkdir()
+    run(["mount", "-t", "tmpfs", "-o", "size=24M", "tmpfs", str(host)])
+    results = {}
+    try:
+        for name, opts, flags in (("kernel", None, 0), ("fuse4fs", None, 0),
+                                  ("fuse4fs-sync", ["write_behind=0"], 0),
+                                  ("fuse4fs-odirect", None, os.O_DIRECT),
+                                  ("fuse4fs-dsync", None, os.O_DSYNC),
+                                  ("fuse4fs-mount-sync", ["sync"], 0)):
+            img = mkimg(host / "img", "128M")
+            if name == "kernel":
+                with kernel_mount(img, ro=False) as k:
+                    results[name] = _write_until_error(os.path.join(k, "f"), 48)
+            else:
+                with rw_mount(img, opts, check_exit=False) as h:
+                    results[name] = _write_until_error(os.path.join(str(h), "f"), 48,
+                                                       flags)
+                    # Logged before the fsync that reports it returns.
+                    log = h.stderr()
+                assert h.returncode is not None and h.returncode >= 0, \
+                    "%s: server ended by signal %s" % (name, h.returncode)
+                if name == "fuse4fs":
+                    assert "failed: No space left on device" in log, log
+            os.unlink(img)
+    finally:
+        run(["umount", str(host)], check=False)
+    k, wb = results["kernel"], results["fuse4fs"]
+    assert k["writes"] == 48 and k["fsync"] in ("ENOSPC", "EIO"), results
+    assert (wb["writes"], wb["fsync"]) == (k["writes"], k["fsync"]), results
+    # O_DIRECT writes are never queued.  O_DSYNC writes and those on a sync
+    # mount are not either, and the kernel follows each with an FSYNC.
+    for name in ("fuse4fs-sync", "fuse4fs-odirect", "fuse4fs-dsync",
+                 "fuse4fs-mount-sync"):
+        r = results[name]
+        assert r["write"] in ("ENOSPC", "EIO") and r["writes"] < 48, (name, results)
 
 
 @pytest.mark.slow
