@@ -208,6 +208,26 @@ static int f4_pread_full(int fd, void *buf, size_t len, off_t off)
 }
 
 /*
+ * Large aligned transfers on fuse4fs's own loop device go around its page
+ * cache (O_DIRECT): loop then copies straight between the image file's
+ * cache and our buffer, where buffering would copy through the loop
+ * device's cache as well.  Small ones stay buffered: they gain nothing
+ * and would each wait for loop.  The kernel writes back cached pages a
+ * direct read covers, and drops those a direct write overwrites, so the
+ * two paths stay coherent; the inode's I/O lock keeps reads of blocks
+ * being written out meanwhile.
+ */
+#define F4_DIO_MIN	(64 * 1024)
+
+static bool f4_dio_fits(struct f4fs *f4, const void *buf, size_t len,
+			off_t off)
+{
+	return f4->dio_fd >= 0 && len >= F4_DIO_MIN &&
+		!(len % F4_DIO_ALIGN) && !(off % F4_DIO_ALIGN) &&
+		!((uintptr_t)buf % F4_DIO_ALIGN);
+}
+
+/*
  * Fill buf with [pos, pos+len) of the file, which the caller has clamped to
  * i_size.  Maps under the lock, reads without it.
  */
@@ -262,9 +282,13 @@ static int f4_read_range(struct f4fs *f4, ext2_ino_t ino, char *buf,
 		if (chunk > len - done)
 			chunk = len - done;
 		if (map.type == F4_MAP_MAPPED) {
-			ret = f4_pread_full(f4->devfd, buf + done, chunk,
-					    (off_t)(f4->opts.offset +
-						    map.pblk * bs + inblk));
+			off_t dev = (off_t)(f4->opts.offset + map.pblk * bs +
+					    inblk);
+
+			ret = f4_pread_full(f4_dio_fits(f4, buf + done, chunk,
+							dev) ?
+					    f4->dio_fd : f4->devfd,
+					    buf + done, chunk, dev);
 			if (ret)
 				break;
 		} else {
@@ -283,7 +307,7 @@ void f4_read(struct fe_req *req, uint64_t nodeid,
 	struct f4_inode *ip = NULL;
 	uint64_t size, len = arg->size;
 	ext2_ino_t ino;
-	char *buf = NULL;
+	char *buf = NULL, *own = NULL;
 	int ret;
 
 	f4_lock(f4);
@@ -304,11 +328,14 @@ void f4_read(struct fe_req *req, uint64_t nodeid,
 	}
 	if (len > size - arg->offset)
 		len = size - arg->offset;
-	buf = malloc(len);
-	if (!buf) {
+	/* Read straight into the reply where the transport allows. */
+	buf = fe_reply_space(req, len);
+	if (!buf && posix_memalign((void **)&own, F4_DIO_ALIGN, len)) {
 		ret = ENOMEM;
 		goto out;
 	}
+	if (!buf)
+		buf = own;
 	if (ip)
 		pthread_rwlock_rdlock(&ip->iolock);
 	f4_wb_wait(f4, ip);
@@ -320,7 +347,7 @@ out:
 		f4_reply_err(req, ret);
 	else
 		fe_reply_buf(req, buf, len);
-	free(buf);
+	free(own);
 }
 
 /*
@@ -412,23 +439,6 @@ static int f4_pwrite_full(int fd, const void *buf, size_t len, off_t off)
 }
 
 /*
- * Large writes through fuse4fs's own loop device bypass that device's page
- * cache: the loop driver copies them into the image file's cache at once,
- * where a buffered write would be copied twice (into the loop device's
- * cache, then through loop at write-back).  Small writes stay buffered:
- * they gain nothing and would each wait for loop.  A direct write drops
- * the cached pages it covers, so later buffered reads stay coherent; the
- * inode's I/O lock keeps reads of the same blocks out meanwhile.
- */
-#define F4_DIO_MIN	(64 * 1024)
-
-static bool f4_dio_fits(struct f4fs *f4, size_t len, off_t off)
-{
-	return f4->dio_fd >= 0 && len >= F4_DIO_MIN &&
-		!(len % F4_DIO_ALIGN) && !(off % F4_DIO_ALIGN);
-}
-
-/*
  * Write file data to the device.  With behind, a write large enough to
  * go direct is queued (see writebehind.c) instead; any other write first
  * waits for ip's queued ones, which may cover the same blocks.
@@ -436,11 +446,12 @@ static bool f4_dio_fits(struct f4fs *f4, size_t len, off_t off)
 static int f4_dev_write(struct f4fs *f4, struct f4_inode *ip, bool behind,
 			const void *buf, size_t len, off_t off)
 {
-	if (behind && f4_dio_fits(f4, len, off) &&
+	/* The queue's copy is aligned whatever buf is. */
+	if (behind && f4_dio_fits(f4, NULL, len, off) &&
 	    f4_wb_queue(f4, ip, buf, len, off))
 		return 0;
 	f4_wb_wait(f4, ip);
-	if (f4_dio_fits(f4, len, off) && !((uintptr_t)buf % F4_DIO_ALIGN))
+	if (f4_dio_fits(f4, buf, len, off))
 		return f4_pwrite_full(f4->dio_fd, buf, len, off);
 	return f4_pwrite_full(f4->devfd, buf, len, off);
 }

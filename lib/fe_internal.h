@@ -103,6 +103,7 @@ void fe_ring_teardown(struct fe_session *se);
 bool fe_ring_can_serve(struct fe_session *se, const struct fe_conn *c);
 void fe_ring_set_state(struct fe_session *se, int state);
 void *fe_ring_main(void *arg);
+void *fe_ring_space(struct fe_ring *r, size_t len);
 int fe_ring_reply(struct fe_ring *r, int error, uint64_t unique,
 		  const struct iovec *iov, int iovcnt);
 

@@ -620,6 +620,13 @@ int fe_reply_buf(struct fe_req *req, const void *buf, size_t len)
 	return fe_send_reply(req, 0, &iov, len ? 1 : 0);
 }
 
+void *fe_reply_space(struct fe_req *req, size_t len)
+{
+	struct fe_ireq *ir = container_of(req, struct fe_ireq, req);
+
+	return ir->ring ? fe_ring_space(ir->ring, len) : NULL;
+}
+
 int fe_reply_iov(struct fe_req *req, const struct iovec *iov, int iovcnt)
 {
 	return fe_send_reply(req, 0, iov, iovcnt);

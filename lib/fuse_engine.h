@@ -212,6 +212,12 @@ bool fe_req_interrupted(const struct fe_req *req);
 int fe_reply_err(struct fe_req *req, int err);
 int fe_reply_ok(struct fe_req *req);	/* header only, no error */
 int fe_reply_buf(struct fe_req *req, const void *buf, size_t len);
+/*
+ * Where the reply's data could be built so that fe_reply_buf() need not
+ * copy it: len bytes, page-aligned, valid until the reply.  NULL when the
+ * transport has no such place (then any buffer will do).
+ */
+void *fe_reply_space(struct fe_req *req, size_t len);
 int fe_reply_iov(struct fe_req *req, const struct iovec *iov, int iovcnt);
 int fe_reply_entry(struct fe_req *req, const struct fuse_entry_out *e);
 int fe_reply_create(struct fe_req *req, const struct fuse_entry_out *e,

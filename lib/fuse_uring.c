@@ -267,6 +267,12 @@ static void fe_ring_prep(struct fe_ring *r, int fd, uint32_t cmd)
 	memcpy(sqe->cmd, &creq, sizeof(creq));
 }
 
+/* The reply's data goes to the payload, where the kernel reads it. */
+void *fe_ring_space(struct fe_ring *r, size_t len)
+{
+	return len <= r->iov[1].iov_len ? r->payload : NULL;
+}
+
 /*
  * Put the answer into the entry: the out header into the header area, all
  * reply arguments, concatenated, into the payload.  The arguments may
