@@ -186,6 +186,7 @@ void f4_wb_stop(struct f4fs *f4);
 bool f4_wb_queue(struct f4fs *f4, struct f4_inode *ip, const void *data,
 		 size_t len, off_t dev);
 void f4_wb_wait(struct f4fs *f4, struct f4_inode *ip);
+bool f4_wb_quiet(struct f4fs *f4);
 int f4_wb_take_error(struct f4fs *f4, struct f4_inode *ip);
 
 /* loopdev.c */

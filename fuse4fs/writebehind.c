@@ -46,6 +46,7 @@ struct f4_wb {
 	size_t bytes;		/* queued or being written */
 	size_t limit;
 	int error;		/* first failure since the last syncfs */
+	bool failed;		/* a write has failed since the start */
 	bool stop;
 	pthread_t thread;
 };
@@ -106,6 +107,8 @@ static void *f4_wb_main(void *arg)
 		}
 		if (err && !wb->error)
 			wb->error = err;
+		if (err)
+			wb->failed = true;
 		it->ip->wb_pending--;
 		wb->bytes -= it->len;
 		pthread_cond_broadcast(&wb->done);
@@ -236,6 +239,23 @@ void f4_wb_wait(struct f4fs *f4, struct f4_inode *ip)
 	while (ip ? ip->wb_pending > 0 : wb->bytes > 0)
 		pthread_cond_wait(&wb->done, &wb->lock);
 	pthread_mutex_unlock(&wb->lock);
+}
+
+/*
+ * True when no write is queued and none has ever failed: then no file has
+ * anything to wait for or report, and close(2) need not look.
+ */
+bool f4_wb_quiet(struct f4fs *f4)
+{
+	struct f4_wb *wb = f4->wb;
+	bool quiet;
+
+	if (!wb)
+		return true;
+	pthread_mutex_lock(&wb->lock);
+	quiet = wb->bytes == 0 && !wb->failed;
+	pthread_mutex_unlock(&wb->lock);
+	return quiet;
 }
 
 /*
