@@ -110,17 +110,21 @@ static void *f4_wb_main(void *arg)
 		if (err)
 			wb->failed = true;
 		it->ip->wb_pending--;
-		wb->bytes -= it->len;
 		pthread_cond_broadcast(&wb->done);
 		pthread_mutex_unlock(&wb->lock);
 
-		/* The last reference to an unlinked file frees it here. */
+		/* The last reference to an unlinked file frees it here, and
+		 * must have done so before a wait for the whole queue ends:
+		 * DESTROY closes the filesystem once that wait is over. */
 		f4_lock(f4);
 		f4_itable_put(f4, it->ip);
 		f4_unlock(f4);
 		free(it->buf);
-		free(it);
+
 		pthread_mutex_lock(&wb->lock);
+		wb->bytes -= it->len;
+		pthread_cond_broadcast(&wb->done);
+		free(it);
 	}
 	pthread_mutex_unlock(&wb->lock);
 	return NULL;
@@ -212,8 +216,17 @@ bool f4_wb_queue(struct f4fs *f4, struct f4_inode *ip, const void *data,
 	it->len = len;
 	it->dev = dev;
 	f4_lock(f4);
-	it->ip = f4_itable_get(f4, ip->ino);
+	it->ip = f4_itable_get(f4, ip->ino);	/* ip itself: it is held */
 	f4_unlock(f4);
+	if (!it->ip) {
+		pthread_mutex_lock(&wb->lock);
+		wb->bytes -= len;
+		pthread_cond_broadcast(&wb->done);
+		pthread_mutex_unlock(&wb->lock);
+		free(it->buf);
+		free(it);
+		return false;
+	}
 
 	pthread_mutex_lock(&wb->lock);
 	it->ip->wb_pending++;

@@ -1216,6 +1216,13 @@ def test_write_behind_queued_writes_are_seen_by_everything(tmp_path):
             os.close(fd)
         assert _direct_read(p, 0, (len(model) + BLK - 1) // BLK * BLK)[:len(model)] == \
             bytes(model)
+        # Unmount with an unlinked file's writes still queued: its blocks
+        # are freed only after they are written, before the filesystem
+        # is closed.
+        with open(os.path.join(str(h), "last"), "wb") as g:
+            for _ in range(16):
+                g.write(rng.randbytes(MiB))
+            os.unlink(g.name)
     assert_fsck_clean(img)
     with kernel_mount(img) as k:
         with open(os.path.join(k, "f"), "rb") as f:
