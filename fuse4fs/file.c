@@ -417,7 +417,7 @@ reply:
 /* ---- writing ---- */
 
 /* Write len bytes at off on the device, all of them. */
-static int f4_pwrite_full(int fd, const void *buf, size_t len, off_t off)
+int f4_pwrite_full(int fd, const void *buf, size_t len, off_t off)
 {
 	const char *p = buf;
 

@@ -370,6 +370,7 @@ void f4_fallocate(struct fe_req *req, uint64_t nodeid,
 		  const struct fuse_fallocate_in *arg);
 int f4_truncate(struct f4fs *f4, ext2_ino_t ino,
 		struct ext2_inode_large *inode, uint64_t size);
+int f4_pwrite_full(int fd, const void *buf, size_t len, off_t off);
 int f4_zero_range_on_disk(struct f4fs *f4, ext2_ino_t ino,
 			  struct ext2_inode_large *inode, uint64_t start,
 			  uint64_t end);

@@ -51,29 +51,6 @@ struct f4_wb {
 	pthread_t thread;
 };
 
-static int f4_wb_write(struct f4fs *f4, const struct f4_wb_item *it)
-{
-	const char *p = it->buf;
-	size_t left = it->len;
-	off_t off = it->dev;
-
-	while (left > 0) {
-		ssize_t n = pwrite(f4->dio_fd, p, left, off);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return errno;
-		}
-		if (n == 0)
-			return EIO;
-		p += n;
-		left -= (size_t)n;
-		off += n;
-	}
-	return 0;
-}
-
 static void *f4_wb_main(void *arg)
 {
 	struct f4fs *f4 = arg;
@@ -94,7 +71,7 @@ static void *f4_wb_main(void *arg)
 			wb->tail = &wb->head;
 		pthread_mutex_unlock(&wb->lock);
 
-		err = f4_wb_write(f4, it);
+		err = f4_pwrite_full(f4->dio_fd, it->buf, it->len, it->dev);
 
 		pthread_mutex_lock(&wb->lock);
 		/* One line per error reported, not per failed write. */
