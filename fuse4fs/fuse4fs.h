@@ -137,8 +137,9 @@ struct f4_inode {
 	uint64_t resv_end;
 	struct f4_inode *resv_next;
 	struct f4_inode **resv_pprev;
-	/* Write-behind (writebehind.c), under its lock: queued writes not
-	 * yet on the device, and the first error not yet reported. */
+	/* Write-behind (writebehind.c), changed under its lock: queued
+	 * writes not yet on the device (read without the lock too), and
+	 * the first error not yet reported. */
 	unsigned int wb_pending;
 	int wb_error;
 	struct f4_inode *next;

@@ -86,7 +86,7 @@ static void *f4_wb_main(void *arg)
 			wb->error = err;
 		if (err)
 			wb->failed = true;
-		it->ip->wb_pending--;
+		__atomic_sub_fetch(&it->ip->wb_pending, 1, __ATOMIC_RELEASE);
 		pthread_cond_broadcast(&wb->done);
 		pthread_mutex_unlock(&wb->lock);
 
@@ -105,6 +105,14 @@ static void *f4_wb_main(void *arg)
 	}
 	pthread_mutex_unlock(&wb->lock);
 	return NULL;
+}
+
+static void f4_wb_free(struct f4_wb *wb)
+{
+	pthread_cond_destroy(&wb->done);
+	pthread_cond_destroy(&wb->work);
+	pthread_mutex_destroy(&wb->lock);
+	free(wb);
 }
 
 /*
@@ -131,10 +139,7 @@ void f4_wb_start(struct f4fs *f4)
 	if (pthread_create(&wb->thread, NULL, f4_wb_main, f4) == 0)
 		return;
 	f4->wb = NULL;
-	pthread_cond_destroy(&wb->done);
-	pthread_cond_destroy(&wb->work);
-	pthread_mutex_destroy(&wb->lock);
-	free(wb);
+	f4_wb_free(wb);
 fail:
 	f4_log("write-behind unavailable: all writes are synchronous");
 }
@@ -152,10 +157,7 @@ void f4_wb_stop(struct f4fs *f4)
 	pthread_mutex_unlock(&wb->lock);
 	pthread_join(wb->thread, NULL);
 	f4->wb = NULL;
-	pthread_cond_destroy(&wb->done);
-	pthread_cond_destroy(&wb->work);
-	pthread_mutex_destroy(&wb->lock);
-	free(wb);
+	f4_wb_free(wb);
 }
 
 /*
@@ -182,12 +184,8 @@ bool f4_wb_queue(struct f4fs *f4, struct f4_inode *ip, const void *data,
 	pthread_mutex_unlock(&wb->lock);
 
 	if (posix_memalign(&it->buf, F4_DIO_ALIGN, len)) {
-		pthread_mutex_lock(&wb->lock);
-		wb->bytes -= len;
-		pthread_cond_broadcast(&wb->done);
-		pthread_mutex_unlock(&wb->lock);
-		free(it);
-		return false;
+		it->buf = NULL;
+		goto fail;
 	}
 	memcpy(it->buf, data, len);
 	it->len = len;
@@ -195,23 +193,25 @@ bool f4_wb_queue(struct f4fs *f4, struct f4_inode *ip, const void *data,
 	f4_lock(f4);
 	it->ip = f4_itable_get(f4, ip->ino);	/* ip itself: it is held */
 	f4_unlock(f4);
-	if (!it->ip) {
-		pthread_mutex_lock(&wb->lock);
-		wb->bytes -= len;
-		pthread_cond_broadcast(&wb->done);
-		pthread_mutex_unlock(&wb->lock);
-		free(it->buf);
-		free(it);
-		return false;
-	}
+	if (!it->ip)
+		goto fail;
 
 	pthread_mutex_lock(&wb->lock);
-	it->ip->wb_pending++;
+	__atomic_add_fetch(&it->ip->wb_pending, 1, __ATOMIC_RELAXED);
 	*wb->tail = it;
 	wb->tail = &it->next;
 	pthread_cond_signal(&wb->work);
 	pthread_mutex_unlock(&wb->lock);
 	return true;
+
+fail:
+	pthread_mutex_lock(&wb->lock);
+	wb->bytes -= len;
+	pthread_cond_broadcast(&wb->done);
+	pthread_mutex_unlock(&wb->lock);
+	free(it->buf);
+	free(it);
+	return false;
 }
 
 /*
@@ -224,6 +224,12 @@ void f4_wb_wait(struct f4fs *f4, struct f4_inode *ip)
 	struct f4_wb *wb = f4->wb;
 
 	if (!wb)
+		return;
+	/* Every READ and unqueued write asks, so the common answer comes
+	 * without the queue's lock.  A zero stays zero while the caller
+	 * holds ip's I/O lock: only a writer holding it exclusively queues
+	 * for ip. */
+	if (ip && __atomic_load_n(&ip->wb_pending, __ATOMIC_ACQUIRE) == 0)
 		return;
 	pthread_mutex_lock(&wb->lock);
 	while (ip ? ip->wb_pending > 0 : wb->bytes > 0)
